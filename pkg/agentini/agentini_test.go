@@ -56,7 +56,7 @@ enabled = true
 			},
 		},
 		"secret taken verbatim: no inline comment, no interpolation": {
-			ini: "[DEFAULT]\nmetadata_proxy_shared_secret = a#b;c %(x)s $y\n",
+			ini:  "[DEFAULT]\nmetadata_proxy_shared_secret = a#b;c %(x)s $y\n",
 			want: func(s *Settings) { s.SharedSecret = "a#b;c %(x)s $y" },
 		},
 		"haproxy timeouts in seconds or durations": {
