@@ -1,0 +1,148 @@
+//go:build e2e
+
+package openstack
+
+import (
+	"embed"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/template"
+)
+
+//go:embed scripts/*.py
+var scripts embed.FS
+
+// script is the path of an embedded helper script, written under BaseDir/scripts by writeConfigs.
+func (c *Cloud) script(name string) string { return c.path("scripts/" + name) }
+
+var neutronConf = template.Must(template.New("neutron.conf").Parse(`[DEFAULT]
+core_plugin = ml2
+# The L3 plugin runs on sqlite without agents: routers and router interface ports for router mode.
+service_plugins = router
+auth_strategy = noauth
+transport_url = {{.Transport}}
+bind_host = 127.0.0.1
+bind_port = {{.NeutronPort}}
+api_paste_config = /etc/neutron/api-paste.ini
+state_path = {{.Base}}/neutron/state
+# One API worker: a fresh worker answers GET /v2.0/ports with 500 until warmed up (see waitHTTP).
+api_workers = 1
+rpc_workers = 1
+rpc_state_report_workers = 0
+notify_nova_on_port_status_changes = false
+notify_nova_on_port_data_changes = false
+[database]
+connection = sqlite:///{{.Base}}/neutron/neutron.sqlite
+[oslo_concurrency]
+lock_path = {{.Base}}/neutron/lock
+[ml2]
+type_drivers = local,flat
+tenant_network_types = local
+mechanism_drivers =
+extension_drivers = port_security
+[ml2_type_flat]
+flat_networks = *
+`))
+
+var novaConf = template.Must(template.New("nova.conf").Parse(`[DEFAULT]
+transport_url = fake:/
+state_path = {{.Base}}/nova/state
+enabled_apis = metadata
+metadata_listen = 127.0.0.1
+metadata_listen_port = {{.NovaPort}}
+metadata_workers = 1
+[api]
+local_metadata_per_cell = true
+metadata_cache_expiration = {{.NovaCacheSeconds}}
+dhcp_domain = {{.DHCPDomain}}
+[api_database]
+connection = sqlite:///{{.Base}}/nova/nova_api.sqlite
+[database]
+connection = sqlite:///{{.Base}}/nova/nova.sqlite
+[neutron]
+service_metadata_proxy = true
+metadata_proxy_shared_secret = {{.Secret}}
+auth_type = none
+endpoint_override = http://127.0.0.1:{{.NeutronPort}}
+[oslo_concurrency]
+lock_path = {{.Base}}/nova/lock
+[wsgi]
+api_paste_config = /etc/nova/api-paste.ini
+`))
+
+var agentINI = template.Must(template.New("metadata_agent.ini").Parse(`[DEFAULT]
+state_path = {{.Base}}/mdagent
+metadata_proxy_socket = {{.Base}}/mdagent/metadata_proxy
+nova_metadata_host = 127.0.0.1
+nova_metadata_port = {{.NovaPort}}
+nova_metadata_protocol = http
+metadata_proxy_shared_secret = {{.Secret}}
+metadata_workers = 1
+transport_url = {{.Transport}}
+[agent]
+report_interval = 30
+[cache]
+enabled = true
+backend = oslo_cache.dict
+expiration_time = 5
+`))
+
+// writeConfigs writes neutron.conf, nova.conf, metadata_agent.ini, RabbitMQ's files and the
+// helper scripts under BaseDir. Files holding the shared secret are mode 0600.
+func (c *Cloud) writeConfigs() error {
+	transport := "fake:/"
+	if c.opts.WithAgent {
+		transport = fmt.Sprintf("rabbit://guest:guest@127.0.0.1:%d/", c.rabbitPorts[0])
+	}
+	data := map[string]any{
+		"Base":             c.base,
+		"Transport":        transport,
+		"NeutronPort":      c.neutronPort,
+		"NovaPort":         c.novaPort,
+		"NovaCacheSeconds": int(c.opts.NovaCacheExpiration.Round(1e9).Seconds()),
+		"DHCPDomain":       DHCPDomain,
+		"Secret":           c.opts.SharedSecret,
+	}
+	for path, tmpl := range map[string]*template.Template{
+		"neutron/neutron.conf":       neutronConf,
+		"nova/nova.conf":             novaConf,
+		"mdagent/metadata_agent.ini": agentINI,
+	} {
+		f, err := os.OpenFile(c.path(path), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("openstack: write %s: %w", path, err)
+		}
+		err = tmpl.Execute(f, data)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("openstack: write %s: %w", path, err)
+		}
+	}
+	files := map[string]string{
+		"rabbit/enabled_plugins": "[].\n",
+		"rabbit/rabbitmq.conf":   "loopback_users = none\n",
+	}
+	entries, err := scripts.ReadDir("scripts")
+	if err != nil {
+		return fmt.Errorf("openstack: embedded scripts: %w", err)
+	}
+	for _, e := range entries {
+		b, err := scripts.ReadFile("scripts/" + e.Name())
+		if err != nil {
+			return fmt.Errorf("openstack: embedded scripts: %w", err)
+		}
+		files["scripts/"+e.Name()] = string(b)
+	}
+	for rel, body := range files {
+		if err := os.MkdirAll(filepath.Dir(c.path(rel)), 0o755); err != nil {
+			return fmt.Errorf("openstack: %w", err)
+		}
+		if err := os.WriteFile(c.path(rel), []byte(body), 0o644); err != nil {
+			return fmt.Errorf("openstack: write %s: %w", rel, err)
+		}
+	}
+	return nil
+}
