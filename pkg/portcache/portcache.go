@@ -1,0 +1,205 @@
+// Package portcache puts a bounded, TTL'd, coalescing cache in front of a resolve.Resolver, so that
+// a cloud-init burst (N VMs each fetching M paths) costs Neutron at most N lookups per TTL.
+//
+// It caches a value derived from each answer (the ready-to-send signed header mutation, say), so the
+// hot path neither resolves nor signs. Answers are kept for TTL (positive) or NegativeTTL (no such
+// port, several ports). When the source is unavailable, an answer younger than TTL+StaleWindow is
+// served instead of an error, and the source is not asked again for RetryAfterFailure.
+package portcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/metaproxy/metaproxy/pkg/resolve"
+)
+
+// Outcome says how a lookup was answered; it feeds metrics and trace attributes.
+type Outcome uint8
+
+const (
+	// Hit is a fresh cached answer.
+	Hit Outcome = iota + 1
+	// Miss asked the resolver.
+	Miss
+	// Coalesced waited for another caller's in-flight resolver call for the same key.
+	Coalesced
+	// Stale served an expired answer because the resolver was unavailable.
+	Stale
+)
+
+// String returns the outcome's name as used in metrics labels.
+func (o Outcome) String() string {
+	switch o {
+	case Hit:
+		return "hit"
+	case Miss:
+		return "miss"
+	case Coalesced:
+		return "coalesced"
+	case Stale:
+		return "stale"
+	default:
+		return "unknown"
+	}
+}
+
+// Options tune a Cache. Zero values take the defaults.
+type Options struct {
+	TTL               time.Duration // positive answers; default 10s
+	NegativeTTL       time.Duration // not found / ambiguous; default 2s
+	StaleWindow       time.Duration // how long past TTL an answer may stand in for an unavailable source; default 5m
+	RetryAfterFailure time.Duration // after a failed refresh, serve stale without asking again for this long; default 1s
+	Size              int           // maximum entries (LRU); default 100000
+	// OnEvict is called (with the cache's lock held: keep it cheap) when the LRU evicts an entry to make room.
+	OnEvict func()
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+func (o *Options) setDefaults() {
+	if o.TTL <= 0 {
+		o.TTL = 10 * time.Second
+	}
+	if o.NegativeTTL <= 0 {
+		o.NegativeTTL = 2 * time.Second
+	}
+	if o.StaleWindow < 0 {
+		o.StaleWindow = 0
+	} else if o.StaleWindow == 0 {
+		o.StaleWindow = 5 * time.Minute
+	}
+	if o.RetryAfterFailure <= 0 {
+		o.RetryAfterFailure = time.Second
+	}
+	if o.Size <= 0 {
+		o.Size = 100000
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Build derives the cached value from a resolved instance. It runs once per cache fill.
+type Build[V any] func(q resolve.Query, inst resolve.Instance) V
+
+type key struct {
+	kind resolve.Kind
+	id   string
+	addr netip.Addr
+}
+
+// entry is immutable once stored; a refresh replaces it.
+type entry[V any] struct {
+	val        V
+	err        error // resolve.ErrNotFound or *resolve.AmbiguousError: cached negative answers
+	expires    time.Time
+	staleUntil time.Time
+	retryAt    time.Time // zero unless the last refresh failed
+}
+
+// Cache is a coalescing cache over a Resolver. It is safe for concurrent use.
+type Cache[V any] struct {
+	r     resolve.Resolver
+	build Build[V]
+	opt   Options
+	lru   *lru.Cache[key, *entry[V]]
+	group singleflight.Group
+}
+
+// New returns a Cache over r that stores build's result for each resolved instance.
+func New[V any](r resolve.Resolver, build Build[V], opt Options) (*Cache[V], error) {
+	opt.setDefaults()
+	c := &Cache[V]{r: r, build: build, opt: opt}
+	l, err := lru.NewWithEvict(opt.Size, func(key, *entry[V]) {
+		if opt.OnEvict != nil {
+			opt.OnEvict()
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("port cache of %d entries: %w", opt.Size, err)
+	}
+	c.lru = l
+	return c, nil
+}
+
+// Len returns the number of cached answers.
+func (c *Cache[V]) Len() int { return c.lru.Len() }
+
+// Lookup returns the cached value for q, asking the resolver when needed. The error is the
+// resolver's (possibly cached) error; errors.Is(err, resolve.ErrUnavailable) when no answer could be had.
+func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, error) {
+	k := key{kind: q.Scope.Kind, id: q.Scope.ID, addr: q.Addr}
+	now := c.opt.Now()
+	e, cached := c.lru.Get(k)
+	if cached {
+		if now.Before(e.expires) {
+			return e.val, Hit, e.err
+		}
+		if now.Before(e.retryAt) && now.Before(e.staleUntil) {
+			return e.val, Stale, e.err
+		}
+	}
+
+	ch := c.group.DoChan(flightKey(k), func() (any, error) {
+		return c.refresh(ctx, q, k), nil
+	})
+	select {
+	case res := <-ch:
+		got := res.Val.(result[V])
+		o := got.outcome
+		if res.Shared && o == Miss {
+			o = Coalesced
+		}
+		return got.val, o, got.err
+	case <-ctx.Done():
+		var zero V
+		return zero, Miss, fmt.Errorf("waiting for %s at %s: %w", q.Scope, q.Addr, ctx.Err())
+	}
+}
+
+type result[V any] struct {
+	val     V
+	outcome Outcome
+	err     error
+}
+
+// refresh asks the resolver once for everybody waiting on k. The call is detached from the first
+// caller's cancellation (the resolver applies its own timeout) so one impatient VM does not fail
+// the others.
+func (c *Cache[V]) refresh(ctx context.Context, q resolve.Query, k key) result[V] {
+	inst, err := c.r.Resolve(context.WithoutCancel(ctx), q)
+	now := c.opt.Now()
+	var ambiguous *resolve.AmbiguousError
+	switch {
+	case err == nil:
+		e := &entry[V]{val: c.build(q, inst), expires: now.Add(c.opt.TTL)}
+		e.staleUntil = e.expires.Add(c.opt.StaleWindow)
+		c.lru.Add(k, e)
+		return result[V]{val: e.val, outcome: Miss}
+	case errors.Is(err, resolve.ErrNotFound) || errors.As(err, &ambiguous):
+		e := &entry[V]{err: err, expires: now.Add(c.opt.NegativeTTL)}
+		e.staleUntil = e.expires.Add(c.opt.StaleWindow)
+		c.lru.Add(k, e)
+		return result[V]{outcome: Miss, err: err}
+	}
+	// The source failed: fall back on a previous answer still inside its stale window.
+	if old, ok := c.lru.Peek(k); ok && now.Before(old.staleUntil) {
+		held := *old
+		held.retryAt = now.Add(c.opt.RetryAfterFailure)
+		c.lru.Add(k, &held)
+		return result[V]{val: old.val, outcome: Stale, err: old.err}
+	}
+	var zero V
+	return result[V]{val: zero, outcome: Miss, err: err}
+}
+
+func flightKey(k key) string {
+	return k.kind.String() + "/" + k.id + "/" + k.addr.String()
+}
