@@ -1,0 +1,291 @@
+// Package cluster turns Envoy Cluster and ClusterLoadAssignment resources into upstreams the
+// stand-in can reach: a round-robin dialer over the cluster's endpoints (TCP or UNIX socket), with
+// the cluster's connect timeout and optional upstream TLS, plus an HTTP transport for the router and
+// a gRPC connection for ext_proc.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpoptsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+)
+
+// DefaultConnectTimeout is Envoy's default cluster connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
+// httpProtocolOptionsKey is the typed_extension_protocol_options key of HttpProtocolOptions.
+const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// Endpoint is one upstream address.
+type Endpoint struct {
+	// Network is "tcp" or "unix".
+	Network string
+	// Address is "host:port" (host may be a DNS name for STRICT_DNS/LOGICAL_DNS) or a socket path.
+	Address string
+}
+
+// Config is a parsed, validated cluster.
+type Config struct {
+	// Name is the cluster name.
+	Name string
+	// ConnectTimeout bounds each upstream connection attempt.
+	ConnectTimeout time.Duration
+	// EDSServiceName is set for EDS clusters: the ClusterLoadAssignment to take endpoints from.
+	EDSServiceName string
+	// Endpoints are the cluster's addresses (for EDS clusters, filled from the assignment).
+	Endpoints []Endpoint
+	// TLS is the client TLS configuration, nil for plaintext.
+	TLS *tls.Config
+	// HTTP2 says the upstream speaks HTTP/2 (h2c when plaintext).
+	HTTP2 bool
+}
+
+// Parse validates c and returns its Config. Only what the stand-in implements is accepted; anything
+// else is an error so that the resource is NACKed instead of silently misapplied.
+func Parse(c *clusterv3.Cluster) (*Config, error) {
+	cfg := &Config{Name: c.GetName(), ConnectTimeout: DefaultConnectTimeout}
+	if cfg.Name == "" {
+		return nil, errors.New("cluster without a name")
+	}
+	if d := c.GetConnectTimeout(); d != nil {
+		cfg.ConnectTimeout = d.AsDuration()
+	}
+	if c.GetClusterType() != nil {
+		return nil, fmt.Errorf("cluster %s: custom cluster_type %q is not supported by the stand-in", cfg.Name, c.GetClusterType().GetName())
+	}
+	switch c.GetType() {
+	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
+		eps, err := Endpoints(c.GetLoadAssignment())
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", cfg.Name, err)
+		}
+		if c.GetType() == clusterv3.Cluster_STATIC {
+			for _, e := range eps {
+				if e.Network == "tcp" {
+					host, _, _ := net.SplitHostPort(e.Address)
+					if net.ParseIP(host) == nil {
+						return nil, fmt.Errorf("cluster %s: STATIC cluster endpoint %q is not an IP address", cfg.Name, host)
+					}
+				}
+			}
+		}
+		cfg.Endpoints = eps
+	case clusterv3.Cluster_EDS:
+		cfg.EDSServiceName = c.GetEdsClusterConfig().GetServiceName()
+		if cfg.EDSServiceName == "" {
+			cfg.EDSServiceName = cfg.Name
+		}
+		if src := c.GetEdsClusterConfig().GetEdsConfig(); src != nil && src.GetAds() == nil {
+			return nil, fmt.Errorf("cluster %s: eds_config must use ADS in the stand-in", cfg.Name)
+		}
+	default:
+		return nil, fmt.Errorf("cluster %s: discovery type %s is not supported by the stand-in", cfg.Name, c.GetType())
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		t, err := parseTransportSocket(ts)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", cfg.Name, err)
+		}
+		cfg.TLS = t
+	}
+	if c.GetHttp2ProtocolOptions() != nil {
+		cfg.HTTP2 = true
+	}
+	if a, ok := c.GetTypedExtensionProtocolOptions()[httpProtocolOptionsKey]; ok {
+		var opts httpoptsv3.HttpProtocolOptions
+		if err := a.UnmarshalTo(&opts); err != nil {
+			return nil, fmt.Errorf("cluster %s: %s: %w", cfg.Name, httpProtocolOptionsKey, err)
+		}
+		if opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil {
+			cfg.HTTP2 = true
+		}
+		if opts.GetUseDownstreamProtocolConfig() != nil || opts.GetAutoConfig() != nil {
+			return nil, fmt.Errorf("cluster %s: only explicit_http_config is supported by the stand-in", cfg.Name)
+		}
+	}
+	for k := range c.GetTypedExtensionProtocolOptions() {
+		if k != httpProtocolOptionsKey {
+			return nil, fmt.Errorf("cluster %s: unknown typed_extension_protocol_options %q", cfg.Name, k)
+		}
+	}
+	return cfg, nil
+}
+
+// Endpoints returns the addresses of a ClusterLoadAssignment, in order.
+func Endpoints(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
+	var out []Endpoint
+	for _, l := range cla.GetEndpoints() {
+		for _, lb := range l.GetLbEndpoints() {
+			addr := lb.GetEndpoint().GetAddress()
+			if addr == nil {
+				return nil, errors.New("lb_endpoint without endpoint.address (named endpoints are not supported)")
+			}
+			if lb.GetHealthStatus() == corev3.HealthStatus_UNHEALTHY || lb.GetHealthStatus() == corev3.HealthStatus_DRAINING {
+				continue
+			}
+			e, err := endpointOf(addr)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func endpointOf(addr *corev3.Address) (Endpoint, error) {
+	switch {
+	case addr.GetPipe() != nil:
+		if addr.GetPipe().GetPath() == "" {
+			return Endpoint{}, errors.New("pipe address without path")
+		}
+		return Endpoint{Network: "unix", Address: addr.GetPipe().GetPath()}, nil
+	case addr.GetSocketAddress() != nil:
+		sa := addr.GetSocketAddress()
+		if sa.GetProtocol() != corev3.SocketAddress_TCP {
+			return Endpoint{}, fmt.Errorf("socket address %s: only TCP is supported", sa.GetAddress())
+		}
+		if sa.GetNamedPort() != "" {
+			return Endpoint{}, fmt.Errorf("socket address %s: named_port is not supported", sa.GetAddress())
+		}
+		if sa.GetNetworkNamespaceFilepath() != "" {
+			return Endpoint{}, fmt.Errorf("socket address %s: upstream network_namespace_filepath is not supported", sa.GetAddress())
+		}
+		return Endpoint{Network: "tcp", Address: net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10))}, nil
+	default:
+		return Endpoint{}, errors.New("endpoint address is neither socket_address nor pipe")
+	}
+}
+
+func parseTransportSocket(ts *corev3.TransportSocket) (*tls.Config, error) {
+	if ts.GetName() != "envoy.transport_sockets.tls" && ts.GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" {
+		return nil, fmt.Errorf("transport socket %q is not supported by the stand-in (only envoy.transport_sockets.tls)", ts.GetName())
+	}
+	var utc tlsv3.UpstreamTlsContext
+	if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
+		return nil, fmt.Errorf("transport socket %s: %w", ts.GetName(), err)
+	}
+	ctc := utc.GetCommonTlsContext()
+	cfg := &tls.Config{ServerName: utc.GetSni(), MinVersion: tls.VersionTLS12}
+	if len(ctc.GetTlsCertificateSdsSecretConfigs()) > 0 || ctc.GetValidationContextSdsSecretConfig() != nil {
+		return nil, errors.New("SDS secrets are not supported by the stand-in")
+	}
+	switch n := len(ctc.GetTlsCertificates()); {
+	case n > 1:
+		return nil, errors.New("more than one tls_certificate is not supported by the stand-in")
+	case n == 1:
+		tc := ctc.GetTlsCertificates()[0]
+		chain, err := readSource(tc.GetCertificateChain())
+		if err != nil {
+			return nil, fmt.Errorf("certificate_chain: %w", err)
+		}
+		key, err := readSource(tc.GetPrivateKey())
+		if err != nil {
+			return nil, fmt.Errorf("private_key: %w", err)
+		}
+		pair, err := tls.X509KeyPair(chain, key)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	if ctc.GetCombinedValidationContext() != nil || ctc.GetValidationContextCertificateProvider() != nil {
+		return nil, errors.New("only validation_context is supported by the stand-in")
+	}
+	// Like Envoy: without a validation context the peer is not verified; with trusted_ca only the
+	// chain is verified (Envoy checks names only when match_typed_subject_alt_names is set).
+	cfg.InsecureSkipVerify = true
+	if vc := ctc.GetValidationContext(); vc != nil {
+		if len(vc.GetMatchTypedSubjectAltNames()) > 0 {
+			return nil, errors.New("match_typed_subject_alt_names is not supported by the stand-in")
+		}
+		if vc.GetTrustedCa() != nil {
+			pem, err := readSource(vc.GetTrustedCa())
+			if err != nil {
+				return nil, fmt.Errorf("trusted_ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, errors.New("trusted_ca: no PEM certificates")
+			}
+			cfg.VerifyPeerCertificate = verifyChain(pool)
+		}
+	}
+	if alpn := ctc.GetAlpnProtocols(); len(alpn) > 0 {
+		cfg.NextProtos = slices.Clone(alpn)
+	}
+	return cfg, nil
+}
+
+func verifyChain(pool *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return errors.New("upstream sent no certificate")
+		}
+		certs := make([]*x509.Certificate, 0, len(raw))
+		for _, r := range raw {
+			c, err := x509.ParseCertificate(r)
+			if err != nil {
+				return fmt.Errorf("parse upstream certificate: %w", err)
+			}
+			certs = append(certs, c)
+		}
+		inter := x509.NewCertPool()
+		for _, c := range certs[1:] {
+			inter.AddCert(c)
+		}
+		_, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter})
+		return err
+	}
+}
+
+func readSource(ds *corev3.DataSource) ([]byte, error) {
+	switch {
+	case ds == nil:
+		return nil, errors.New("missing data source")
+	case ds.GetFilename() != "":
+		b, err := os.ReadFile(ds.GetFilename())
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", ds.GetFilename(), err)
+		}
+		return b, nil
+	case ds.GetInlineBytes() != nil:
+		return ds.GetInlineBytes(), nil
+	case ds.GetInlineString() != "":
+		return []byte(ds.GetInlineString()), nil
+	default:
+		return nil, errors.New("data source must be filename, inline_bytes or inline_string")
+	}
+}
+
+// ConnectError marks a failure to open an upstream connection (Envoy's "connection failure").
+type ConnectError struct{ Err error }
+
+// Error implements error.
+func (e *ConnectError) Error() string { return "upstream connect: " + e.Err.Error() }
+
+// Unwrap returns the dial error.
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// dial connects to one endpoint chosen by next, within the connect timeout.
+func dial(ctx context.Context, cfg *Config, ep Endpoint) (net.Conn, error) {
+	d := net.Dialer{Timeout: cfg.ConnectTimeout}
+	c, err := d.DialContext(ctx, ep.Network, ep.Address)
+	if err != nil {
+		return nil, &ConnectError{Err: err}
+	}
+	return c, nil
+}

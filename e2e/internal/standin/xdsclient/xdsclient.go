@@ -1,0 +1,420 @@
+// Package xdsclient is the stand-in's ADS client: one gRPC stream to the control plane, in
+// state-of-the-world (StreamAggregatedResources) or incremental (DeltaAggregatedResources) mode,
+// subscribing like Envoy does: clusters first, listeners once the first clusters are applied, then
+// the route configurations and endpoint assignments the applied resources name. Every response is
+// handed to an Applier and ACKed, or NACKed with the Applier's error as error_detail.
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Resource type URLs.
+const (
+	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+)
+
+// Applier receives resources from the control plane.
+type Applier interface {
+	// Apply installs the complete current set of resources of one type (name -> resource). An
+	// error rejects the whole update: the previous set stays in force and the update is NACKed.
+	Apply(typeURL string, resources map[string]*anypb.Any) error
+	// Wanted returns the resource names of a named type (RouteType, EndpointType) that the applied
+	// listeners and clusters reference.
+	Wanted(typeURL string) []string
+}
+
+// Options configure a Client.
+type Options struct {
+	// Address is the control plane's gRPC address (host:port).
+	Address string
+	// NodeID and NodeCluster identify this data plane.
+	NodeID, NodeCluster string
+	// Delta selects the incremental protocol.
+	Delta bool
+	// Applier receives resources.
+	Applier Applier
+	// Log is the logger.
+	Log *slog.Logger
+	// RetryInterval is the pause before reconnecting (default 500ms).
+	RetryInterval time.Duration
+}
+
+// Client keeps an ADS stream open and re-establishes it when it breaks.
+type Client struct {
+	o     Options
+	node  *corev3.Node
+	types map[string]*typeState
+}
+
+type typeState struct {
+	url        string
+	named      bool
+	subscribed bool
+	names      []string
+	version    string
+	nonce      string
+	accepted   map[string]*anypb.Any
+	versions   map[string]string
+	responded  bool
+}
+
+// New returns a Client.
+func New(o Options) (*Client, error) {
+	var errs []error
+	if o.Address == "" {
+		errs = append(errs, errors.New("xds address is required"))
+	}
+	if o.NodeID == "" {
+		errs = append(errs, errors.New("node id is required"))
+	}
+	if o.Applier == nil {
+		errs = append(errs, errors.New("applier is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.RetryInterval == 0 {
+		o.RetryInterval = 500 * time.Millisecond
+	}
+	c := &Client{
+		o:     o,
+		node:  &corev3.Node{Id: o.NodeID, Cluster: o.NodeCluster, UserAgentName: "metaproxy-e2e-standin"},
+		types: map[string]*typeState{},
+	}
+	for _, t := range []string{ClusterType, ListenerType, RouteType, EndpointType} {
+		c.types[t] = &typeState{url: t, named: t == RouteType || t == EndpointType, accepted: map[string]*anypb.Any{}, versions: map[string]string{}}
+	}
+	return c, nil
+}
+
+// Run connects and serves the stream until ctx is done, reconnecting after failures.
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.o.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("xds client for %s: %w", c.o.Address, err)
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	for {
+		var err error
+		if c.o.Delta {
+			err = c.runDelta(ctx, ads)
+		} else {
+			err = c.runSotW(ctx, ads)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.o.Log.Warn("xds stream ended, reconnecting", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(c.o.RetryInterval):
+		}
+	}
+}
+
+// resourceName returns the name of a resource.
+func resourceName(a *anypb.Any) (string, error) {
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return "", err
+	}
+	switch r := m.(type) {
+	case *clusterv3.Cluster:
+		return r.GetName(), nil
+	case *listenerv3.Listener:
+		return r.GetName(), nil
+	case *routev3.RouteConfiguration:
+		return r.GetName(), nil
+	case *endpointv3.ClusterLoadAssignment:
+		return r.GetClusterName(), nil
+	default:
+		return "", fmt.Errorf("unexpected resource type %s", a.GetTypeUrl())
+	}
+}
+
+// wantedChange returns the new subscription of a named type if it changed.
+func (c *Client) wantedChange(t *typeState) ([]string, bool) {
+	want := slices.Sorted(slices.Values(c.o.Applier.Wanted(t.url)))
+	want = slices.Compact(want)
+	if len(want) == 0 || (t.subscribed && slices.Equal(want, t.names)) {
+		return nil, false
+	}
+	return want, true
+}
+
+func (c *Client) apply(t *typeState, next map[string]*anypb.Any) error {
+	if err := c.o.Applier.Apply(t.url, next); err != nil {
+		return err
+	}
+	t.accepted = next
+	return nil
+}
+
+// ---- state of the world ----
+
+func (c *Client) runSotW(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ads.StreamAggregatedResources(sctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range c.types {
+		t.nonce = ""
+		t.subscribed = false
+	}
+	send := func(t *typeState, errDetail error) error {
+		req := &discoveryv3.DiscoveryRequest{
+			Node: c.node, TypeUrl: t.url, VersionInfo: t.version, ResponseNonce: t.nonce, ResourceNames: t.names,
+		}
+		if errDetail != nil {
+			req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: errDetail.Error()}
+		}
+		t.subscribed = true
+		return stream.Send(req)
+	}
+	// Clusters first; listeners once clusters are in (as Envoy's ADS initialisation does), unless
+	// this is a reconnect and listeners were already subscribed.
+	if err := send(c.types[ClusterType], nil); err != nil {
+		return err
+	}
+	if c.types[ClusterType].responded {
+		if err := send(c.types[ListenerType], nil); err != nil {
+			return err
+		}
+	}
+	if err := c.resubscribeSotW(send); err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		t, ok := c.types[resp.GetTypeUrl()]
+		if !ok {
+			c.o.Log.Warn("xds response for an unknown type", "type", resp.GetTypeUrl())
+			continue
+		}
+		next, perr := c.sotwResources(t, resp)
+		t.nonce = resp.GetNonce()
+		if perr == nil {
+			perr = c.apply(t, next)
+		}
+		if perr != nil {
+			c.o.Log.Warn("xds NACK", "type", t.url, "version", resp.GetVersionInfo(), "error", perr)
+			if err := send(t, perr); err != nil {
+				return err
+			}
+		} else {
+			t.version = resp.GetVersionInfo()
+			c.o.Log.Info("xds ACK", "type", t.url, "version", t.version, "resources", len(next))
+			if err := send(t, nil); err != nil {
+				return err
+			}
+		}
+		first := !t.responded
+		t.responded = true
+		if t.url == ClusterType && first && !c.types[ListenerType].subscribed {
+			if err := send(c.types[ListenerType], nil); err != nil {
+				return err
+			}
+		}
+		if err := c.resubscribeSotW(send); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Client) resubscribeSotW(send func(*typeState, error) error) error {
+	for _, u := range []string{EndpointType, RouteType} {
+		t := c.types[u]
+		if names, changed := c.wantedChange(t); changed {
+			t.names = names
+			if err := send(t, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Client) sotwResources(t *typeState, resp *discoveryv3.DiscoveryResponse) (map[string]*anypb.Any, error) {
+	next := map[string]*anypb.Any{}
+	if t.named {
+		// A named type's response carries the requested resources; keep the ones not resent.
+		maps.Copy(next, t.accepted)
+	}
+	for _, a := range resp.GetResources() {
+		if a.GetTypeUrl() != t.url {
+			return nil, fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), t.url)
+		}
+		name, err := resourceName(a)
+		if err != nil {
+			return nil, err
+		}
+		next[name] = a
+	}
+	if t.named {
+		want := map[string]bool{}
+		for _, n := range t.names {
+			want[n] = true
+		}
+		for n := range next {
+			if !want[n] {
+				delete(next, n)
+			}
+		}
+	}
+	return next, nil
+}
+
+// ---- incremental ----
+
+func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ads.DeltaAggregatedResources(sctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range c.types {
+		t.subscribed = false
+	}
+	subscribe := func(t *typeState, sub, unsub []string) error {
+		req := &discoveryv3.DeltaDiscoveryRequest{
+			Node: c.node, TypeUrl: t.url, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub,
+		}
+		if !t.subscribed && len(t.versions) > 0 {
+			req.InitialResourceVersions = maps.Clone(t.versions)
+		}
+		t.subscribed = true
+		return stream.Send(req)
+	}
+	resubscribe := func() error {
+		for _, u := range []string{EndpointType, RouteType} {
+			t := c.types[u]
+			want, changed := c.wantedChange(t)
+			if !changed {
+				continue
+			}
+			var sub, unsub []string
+			if t.subscribed {
+				for _, n := range want {
+					if !slices.Contains(t.names, n) {
+						sub = append(sub, n)
+					}
+				}
+				for _, n := range t.names {
+					if !slices.Contains(want, n) {
+						unsub = append(unsub, n)
+					}
+				}
+			} else {
+				sub = want
+			}
+			t.names = want
+			if err := subscribe(t, sub, unsub); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := subscribe(c.types[ClusterType], nil, nil); err != nil {
+		return err
+	}
+	if c.types[ClusterType].responded {
+		if err := subscribe(c.types[ListenerType], nil, nil); err != nil {
+			return err
+		}
+	}
+	if err := resubscribe(); err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		t, ok := c.types[resp.GetTypeUrl()]
+		if !ok {
+			c.o.Log.Warn("xds response for an unknown type", "type", resp.GetTypeUrl())
+			continue
+		}
+		next := maps.Clone(t.accepted)
+		versions := maps.Clone(t.versions)
+		var perr error
+		for _, r := range resp.GetResources() {
+			if r.GetResource() == nil {
+				continue
+			}
+			if r.GetResource().GetTypeUrl() != t.url {
+				perr = fmt.Errorf("resource of type %s in a %s response", r.GetResource().GetTypeUrl(), t.url)
+				break
+			}
+			name := r.GetName()
+			if name == "" {
+				if name, perr = resourceName(r.GetResource()); perr != nil {
+					break
+				}
+			}
+			next[name] = r.GetResource()
+			versions[name] = r.GetVersion()
+		}
+		for _, n := range resp.GetRemovedResources() {
+			delete(next, n)
+			delete(versions, n)
+		}
+		if perr == nil {
+			perr = c.apply(t, next)
+		}
+		ack := &discoveryv3.DeltaDiscoveryRequest{Node: c.node, TypeUrl: t.url, ResponseNonce: resp.GetNonce()}
+		if perr != nil {
+			c.o.Log.Warn("xds NACK", "type", t.url, "nonce", resp.GetNonce(), "error", perr)
+			ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: perr.Error()}
+		} else {
+			t.versions = versions
+			c.o.Log.Info("xds ACK", "type", t.url, "system_version", resp.GetSystemVersionInfo(), "resources", len(next))
+		}
+		if err := stream.Send(ack); err != nil {
+			return err
+		}
+		first := !t.responded
+		t.responded = true
+		if t.url == ClusterType && first && !c.types[ListenerType].subscribed {
+			if err := subscribe(c.types[ListenerType], nil, nil); err != nil {
+				return err
+			}
+		}
+		if err := resubscribe(); err != nil {
+			return err
+		}
+	}
+}
