@@ -208,7 +208,9 @@ func (rl *rateLimit) decodeHeaders(_ context.Context, s *Stream, perRoute any) b
 	if pr, ok := perRoute.(*rateLimit); ok {
 		rl = pr
 	}
-	stat := func(n string) { s.env.Stats.Inc("http." + s.cfg.StatPrefix + "." + rl.statPrefix + ".http_local_rate_limit." + n) }
+	stat := func(n string) {
+		s.env.Stats.Inc("http." + s.cfg.StatPrefix + "." + rl.statPrefix + ".http_local_rate_limit." + n)
+	}
 	if !fractionHit(rl.enabled) {
 		return true
 	}

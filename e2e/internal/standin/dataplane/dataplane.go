@@ -1,0 +1,534 @@
+// Package dataplane applies xDS resources to the stand-in's running state: it validates clusters,
+// endpoint assignments, route configurations and listeners, binds listeners (inside their network
+// namespace) when they appear, rebinds them when their address changes, swaps their HTTP handling
+// in place when only the filters or routes change, and closes them when they are removed.
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/metaproxy/metaproxy/e2e/internal/standin/cluster"
+	"github.com/metaproxy/metaproxy/e2e/internal/standin/hcm"
+	"github.com/metaproxy/metaproxy/e2e/internal/standin/netnslisten"
+	"github.com/metaproxy/metaproxy/e2e/internal/standin/xdsclient"
+)
+
+const hcmFilterName = "envoy.filters.network.http_connection_manager"
+const hcmType = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+// DataPlane is the stand-in's live configuration.
+type DataPlane struct {
+	log      *slog.Logger
+	stats    *hcm.Stats
+	clusters *cluster.Manager
+
+	mu         sync.Mutex
+	clusterCfg map[string]*cluster.Config
+	clusterKey map[string]string
+	endpoints  map[string][]cluster.Endpoint
+	listeners  map[string]*listenerSpec
+	running    map[string]*runningListener
+	routes     atomic.Pointer[map[string]*hcm.RouteTable]
+	versions   map[string]int
+
+	readyOnce sync.Once
+	ready     chan struct{}
+}
+
+var _ xdsclient.Applier = (*DataPlane)(nil)
+
+// New returns an empty DataPlane.
+func New(log *slog.Logger, stats *hcm.Stats) *DataPlane {
+	d := &DataPlane{
+		log: log, stats: stats, clusters: cluster.NewManager(),
+		clusterCfg: map[string]*cluster.Config{}, clusterKey: map[string]string{},
+		endpoints: map[string][]cluster.Endpoint{}, listeners: map[string]*listenerSpec{},
+		running: map[string]*runningListener{}, versions: map[string]int{}, ready: make(chan struct{}),
+	}
+	empty := map[string]*hcm.RouteTable{}
+	d.routes.Store(&empty)
+	return d
+}
+
+// Ready is closed once the first listener update has been applied.
+func (d *DataPlane) Ready() <-chan struct{} { return d.ready }
+
+// Stats returns the counters.
+func (d *DataPlane) Stats() *hcm.Stats { return d.stats }
+
+func (d *DataPlane) env() *hcm.Env {
+	return &hcm.Env{
+		Clusters: d.clusters,
+		RouteTable: func(name string) *hcm.RouteTable {
+			return (*d.routes.Load())[name]
+		},
+		Stats: d.stats,
+		Log:   d.log,
+	}
+}
+
+// Wanted implements xdsclient.Applier.
+func (d *DataPlane) Wanted(typeURL string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	switch typeURL {
+	case xdsclient.RouteType:
+		for _, l := range d.listeners {
+			if l.hcm.RDSName != "" {
+				out = append(out, l.hcm.RDSName)
+			}
+		}
+	case xdsclient.EndpointType:
+		for _, c := range d.clusterCfg {
+			if c.EDSServiceName != "" {
+				out = append(out, c.EDSServiceName)
+			}
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// Apply implements xdsclient.Applier.
+func (d *DataPlane) Apply(typeURL string, res map[string]*anypb.Any) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var err error
+	switch typeURL {
+	case xdsclient.ClusterType:
+		err = d.applyClusters(res)
+	case xdsclient.EndpointType:
+		err = d.applyEndpoints(res)
+	case xdsclient.RouteType:
+		err = d.applyRoutes(res)
+	case xdsclient.ListenerType:
+		err = d.applyListeners(res)
+		d.readyOnce.Do(func() { close(d.ready) })
+	default:
+		err = fmt.Errorf("resource type %s is not supported by the stand-in", typeURL)
+	}
+	if err != nil {
+		d.stats.Inc("xds." + shortType(typeURL) + ".update_rejected")
+		return err
+	}
+	d.stats.Inc("xds." + shortType(typeURL) + ".update_success")
+	d.versions[typeURL]++
+	return nil
+}
+
+func shortType(u string) string {
+	switch u {
+	case xdsclient.ClusterType:
+		return "cds"
+	case xdsclient.ListenerType:
+		return "lds"
+	case xdsclient.RouteType:
+		return "rds"
+	case xdsclient.EndpointType:
+		return "eds"
+	}
+	return "unknown"
+}
+
+func (d *DataPlane) applyClusters(res map[string]*anypb.Any) error {
+	cfgs := map[string]*cluster.Config{}
+	keys := map[string]string{}
+	var errs []error
+	for name, a := range res {
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			errs = append(errs, fmt.Errorf("cluster %s: %w", name, err))
+			continue
+		}
+		cfg, err := cluster.Parse(&c)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&c)
+		cfgs[cfg.Name], keys[cfg.Name] = cfg, string(b)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	d.clusterCfg, d.clusterKey = cfgs, keys
+	d.pushClusters()
+	return nil
+}
+
+// pushClusters installs the clusters, EDS ones with their current endpoints.
+func (d *DataPlane) pushClusters() {
+	cfgs := make(map[string]*cluster.Config, len(d.clusterCfg))
+	keys := make(map[string]string, len(d.clusterCfg))
+	for name, c := range d.clusterCfg {
+		keys[name] = d.clusterKey[name]
+		if c.EDSServiceName != "" {
+			cc := *c
+			cc.Endpoints = d.endpoints[c.EDSServiceName]
+			c = &cc
+			keys[name] += fmt.Sprint(cc.Endpoints)
+		}
+		cfgs[name] = c
+	}
+	d.clusters.Update(cfgs, keys)
+}
+
+func (d *DataPlane) applyEndpoints(res map[string]*anypb.Any) error {
+	eps := map[string][]cluster.Endpoint{}
+	var errs []error
+	for name, a := range res {
+		var cla endpointv3.ClusterLoadAssignment
+		if err := a.UnmarshalTo(&cla); err != nil {
+			errs = append(errs, fmt.Errorf("assignment %s: %w", name, err))
+			continue
+		}
+		e, err := cluster.Endpoints(&cla)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("assignment %s: %w", name, err))
+			continue
+		}
+		eps[cla.GetClusterName()] = e
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	d.endpoints = eps
+	d.pushClusters()
+	return nil
+}
+
+func (d *DataPlane) applyRoutes(res map[string]*anypb.Any) error {
+	tables := map[string]*hcm.RouteTable{}
+	var errs []error
+	for name, a := range res {
+		var rc routev3.RouteConfiguration
+		if err := a.UnmarshalTo(&rc); err != nil {
+			errs = append(errs, fmt.Errorf("route config %s: %w", name, err))
+			continue
+		}
+		t, err := hcm.ParseRouteTable(&rc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		tables[rc.GetName()] = t
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	d.routes.Store(&tables)
+	return d.reconcile()
+}
+
+// listenerSpec is a parsed listener.
+type listenerSpec struct {
+	name    string
+	proto   *listenerv3.Listener
+	sockets []netnslisten.Spec
+	hcm     *hcm.Config
+}
+
+// bindKey identifies the sockets and server settings of a listener; a change means rebinding.
+func (l *listenerSpec) bindKey() string {
+	return fmt.Sprint(l.sockets, l.hcm.HTTP2, l.hcm.RequestTimeout, l.hcm.RequestHeadersTimeout, l.hcm.StreamIdleTimeout, l.hcm.IdleTimeout)
+}
+
+func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
+	spec := &listenerSpec{name: l.GetName(), proto: l}
+	if spec.name == "" {
+		return nil, errors.New("listener without a name")
+	}
+	if len(l.GetListenerFilters()) > 0 || l.GetUseOriginalDst().GetValue() || l.GetApiListener() != nil || l.GetInternalListener() != nil ||
+		l.GetTransparent().GetValue() || l.GetFilterChainMatcher() != nil {
+		return nil, errors.New("listener_filters, use_original_dst, api/internal listeners, transparent and filter_chain_matcher are not supported by the stand-in")
+	}
+	freebind := l.GetFreebind().GetValue()
+	s, err := socketSpec(l.GetAddress(), freebind)
+	if err != nil {
+		return nil, err
+	}
+	spec.sockets = append(spec.sockets, s)
+	for _, aa := range l.GetAdditionalAddresses() {
+		s, err := socketSpec(aa.GetAddress(), freebind)
+		if err != nil {
+			return nil, fmt.Errorf("additional address: %w", err)
+		}
+		spec.sockets = append(spec.sockets, s)
+	}
+	chains := l.GetFilterChains()
+	if l.GetDefaultFilterChain() != nil {
+		chains = append(chains[:len(chains):len(chains)], l.GetDefaultFilterChain())
+	}
+	if len(chains) != 1 {
+		return nil, fmt.Errorf("the stand-in supports exactly one filter chain, got %d", len(chains))
+	}
+	fc := chains[0]
+	if fc.GetFilterChainMatch() != nil && !proto.Equal(fc.GetFilterChainMatch(), &listenerv3.FilterChainMatch{}) {
+		return nil, errors.New("filter_chain_match is not supported by the stand-in")
+	}
+	if fc.GetTransportSocket() != nil {
+		return nil, errors.New("downstream transport sockets (TLS) are not supported by the stand-in")
+	}
+	if len(fc.GetFilters()) != 1 {
+		return nil, fmt.Errorf("the stand-in supports exactly one network filter (%s), got %d", hcmFilterName, len(fc.GetFilters()))
+	}
+	f := fc.GetFilters()[0]
+	if f.GetTypedConfig().GetTypeUrl() != hcmType {
+		return nil, fmt.Errorf("network filter %s (%s) is not supported by the stand-in", f.GetName(), f.GetTypedConfig().GetTypeUrl())
+	}
+	var m hcmv3.HttpConnectionManager
+	if err := f.GetTypedConfig().UnmarshalTo(&m); err != nil {
+		return nil, fmt.Errorf("http connection manager: %w", err)
+	}
+	if spec.hcm, err = hcm.Parse(&m); err != nil {
+		return nil, fmt.Errorf("http connection manager: %w", err)
+	}
+	return spec, nil
+}
+
+func socketSpec(a *corev3.Address, freebind bool) (netnslisten.Spec, error) {
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return netnslisten.Spec{}, errors.New("listener address must be a socket_address in the stand-in")
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP || sa.GetNamedPort() != "" || sa.GetResolverName() != "" {
+		return netnslisten.Spec{}, errors.New("listener socket_address must be TCP with port_value")
+	}
+	return netnslisten.Spec{
+		Network:   "tcp",
+		Address:   net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10)),
+		NetnsPath: sa.GetNetworkNamespaceFilepath(),
+		Freebind:  freebind,
+	}, nil
+}
+
+func (d *DataPlane) applyListeners(res map[string]*anypb.Any) error {
+	specs := map[string]*listenerSpec{}
+	var errs []error
+	for name, a := range res {
+		var l listenerv3.Listener
+		if err := a.UnmarshalTo(&l); err != nil {
+			errs = append(errs, fmt.Errorf("listener %s: %w", name, err))
+			continue
+		}
+		spec, err := parseListener(&l)
+		if err == nil {
+			for _, c := range spec.hcm.ExtProcClusters {
+				if _, ok := d.clusterCfg[c]; !ok {
+					err = fmt.Errorf("ext_proc: unknown gRPC client cluster %q", c)
+				}
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listener %s: %w", name, err))
+			// As Envoy's LDS: a rejected listener keeps its previous version.
+			if old, ok := d.listeners[name]; ok {
+				specs[name] = old
+			}
+			continue
+		}
+		specs[spec.name] = spec
+	}
+	d.listeners = specs
+	errs = append(errs, d.reconcile())
+	return errors.Join(errs...)
+}
+
+// reconcile makes the running listeners match d.listeners: listeners whose RDS route
+// configuration has not arrived yet are warming (a previous version keeps serving).
+func (d *DataPlane) reconcile() error {
+	var errs []error
+	for name, rl := range d.running {
+		if _, ok := d.listeners[name]; !ok {
+			d.log.Info("listener removed", "listener", name)
+			rl.stop()
+			delete(d.running, name)
+			d.stats.Inc("listener_manager.listener_removed")
+		}
+	}
+	routes := *d.routes.Load()
+	for _, name := range slices.Sorted(maps.Keys(d.listeners)) {
+		spec := d.listeners[name]
+		if spec.hcm.RDSName != "" && routes[spec.hcm.RDSName] == nil {
+			continue
+		}
+		rl, running := d.running[name]
+		if running && proto.Equal(rl.spec.proto, spec.proto) {
+			continue
+		}
+		handler := spec.hcm.Handler(d.env())
+		if running && rl.spec.bindKey() == spec.bindKey() {
+			rl.handler.Store(&handler)
+			rl.spec = spec
+			d.log.Info("listener updated in place", "listener", name)
+			d.stats.Inc("listener_manager.listener_modified")
+			continue
+		}
+		if running {
+			rl.stop()
+			delete(d.running, name)
+		}
+		nrl, err := start(spec, handler, d.log)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listener %s: %w", name, err))
+			d.stats.Inc("listener_manager.listener_create_failure")
+			continue
+		}
+		d.running[name] = nrl
+		d.log.Info("listener serving", "listener", name, "sockets", fmt.Sprint(spec.sockets))
+		d.stats.Inc("listener_manager.listener_added")
+	}
+	return errors.Join(errs...)
+}
+
+// runningListener is a bound listener and its HTTP server.
+type runningListener struct {
+	spec    *listenerSpec
+	lns     []net.Listener
+	srv     *http.Server
+	handler atomic.Pointer[http.Handler]
+}
+
+func start(spec *listenerSpec, h http.Handler, log *slog.Logger) (*runningListener, error) {
+	rl := &runningListener{spec: spec}
+	rl.handler.Store(&h)
+	c := spec.hcm
+	rl.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			(*rl.handler.Load()).ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: c.RequestHeadersTimeout,
+		ReadTimeout:       c.RequestTimeout,
+		IdleTimeout:       c.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	if rl.srv.ReadHeaderTimeout == 0 {
+		rl.srv.ReadHeaderTimeout = c.StreamIdleTimeout
+	}
+	if c.HTTP2 {
+		var p http.Protocols
+		p.SetHTTP1(true)
+		p.SetUnencryptedHTTP2(true)
+		rl.srv.Protocols = &p
+	}
+	for _, s := range spec.sockets {
+		ln, err := netnslisten.Listen(context.Background(), s)
+		if err != nil {
+			for _, l := range rl.lns {
+				l.Close()
+			}
+			return nil, err
+		}
+		rl.lns = append(rl.lns, ln)
+	}
+	for _, ln := range rl.lns {
+		go func() {
+			if err := rl.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Warn("listener stopped", "listener", spec.name, "error", err)
+			}
+		}()
+	}
+	return rl, nil
+}
+
+// stop closes the sockets at once (new connections are refused) and drains open ones briefly.
+func (rl *runningListener) stop() {
+	for _, ln := range rl.lns {
+		ln.Close()
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := rl.srv.Shutdown(ctx); err != nil {
+			rl.srv.Close()
+		}
+	}()
+}
+
+// Close stops every listener and upstream.
+func (d *DataPlane) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, rl := range d.running {
+		rl.stop()
+		delete(d.running, name)
+	}
+	d.clusters.Close()
+}
+
+// ListenerInfo describes one listener for the admin interface.
+type ListenerInfo struct {
+	Name        string   `json:"name"`
+	State       string   `json:"state"`
+	Addresses   []string `json:"addresses"`
+	RouteConfig string   `json:"route_config,omitempty"`
+}
+
+// ClusterInfo describes one cluster for the admin interface.
+type ClusterInfo struct {
+	Name      string   `json:"name"`
+	Endpoints []string `json:"endpoints"`
+}
+
+// Dump is the admin view of the configuration.
+type Dump struct {
+	Listeners    []ListenerInfo `json:"listeners"`
+	Clusters     []ClusterInfo  `json:"clusters"`
+	RouteConfigs []string       `json:"route_configs"`
+	Updates      map[string]int `json:"updates"`
+}
+
+// Dump returns the current configuration summary.
+func (d *DataPlane) Dump() Dump {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := Dump{Updates: map[string]int{}}
+	for t, n := range d.versions {
+		out.Updates[shortType(t)] = n
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.listeners)) {
+		spec := d.listeners[name]
+		li := ListenerInfo{Name: name, State: "warming", RouteConfig: spec.hcm.RDSName}
+		if rl, ok := d.running[name]; ok {
+			li.State = "active"
+			spec = rl.spec
+			for _, ln := range rl.lns {
+				li.Addresses = append(li.Addresses, ln.Addr().String())
+			}
+		}
+		out.Listeners = append(out.Listeners, li)
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.clusterCfg)) {
+		ci := ClusterInfo{Name: name}
+		if u := d.clusters.Get(name); u != nil {
+			for _, e := range u.Config().Endpoints {
+				ci.Endpoints = append(ci.Endpoints, e.Network+":"+e.Address)
+			}
+		}
+		out.Clusters = append(out.Clusters, ci)
+	}
+	out.RouteConfigs = slices.Sorted(maps.Keys(*d.routes.Load()))
+	return out
+}
