@@ -1,0 +1,187 @@
+// Package decide turns one request_headers message from Envoy into the answer cmd/extproc sends
+// back: the signed header mutation for the instance that owns the VM address on the listener's
+// network, or an immediate HTTP error. It fails closed: any doubt about who is asking is an error
+// response, never a request forwarded to nova unsigned or signed for someone else.
+package decide
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/metaproxy/metaproxy/pkg/portcache"
+	"github.com/metaproxy/metaproxy/pkg/request"
+	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/sign"
+)
+
+// Header names nova reads. They are set with raw_value only (DESIGN.md section 3).
+const (
+	HeaderInstanceID = "x-instance-id"
+	HeaderTenantID   = "x-tenant-id"
+	HeaderSignature  = "x-instance-id-signature"
+	HeaderXFF        = "x-forwarded-for"
+)
+
+// RemovedHeaders are the headers a VM must not control. Envoy applies remove_headers before
+// set_headers and matches names case-insensitively, so every copy a VM sent, in any case, is gone
+// before the signed values are set.
+var RemovedHeaders = []string{
+	HeaderInstanceID, HeaderSignature, HeaderTenantID, HeaderXFF,
+	"x-neutron-network-id", "x-neutron-router-id", "x-ovn-network-id",
+	"x-metadata-provider", "x-metadata-provider-signature",
+}
+
+// Decision is what was decided for one request, for logs, metrics and traces. It never holds the
+// secret or the signature.
+type Decision struct {
+	Query    resolve.Query
+	Instance resolve.Instance // zero unless Status is 200
+	Outcome  portcache.Outcome
+	Status   int   // 200 when the request goes on to nova signed; else the status answered
+	Err      error // why, when Status is not 200
+}
+
+// answer is what the cache keeps per (scope, address): the instance and its ready-made response.
+type answer struct {
+	inst resolve.Instance
+	resp *extprocv3.ProcessingResponse
+}
+
+// Decider answers request_headers messages. It is safe for concurrent use.
+type Decider struct {
+	cache  *portcache.Cache[answer]
+	signer *sign.Signer
+	log    *slog.Logger
+}
+
+// New returns a Decider that resolves through r (cached with opt), signs with s and logs every
+// request that is not forwarded to nova on log.
+func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Logger) (*Decider, error) {
+	d := &Decider{signer: s, log: log}
+	c, err := portcache.New(r, d.build, opt)
+	if err != nil {
+		return nil, err
+	}
+	d.cache = c
+	return d, nil
+}
+
+// CacheLen returns the number of cached answers.
+func (d *Decider) CacheLen() int { return d.cache.Len() }
+
+// RequestHeaders answers one request_headers message on a stream whose initial metadata is md, and
+// logs it when it is not forwarded. The response is shared between requests and must not be modified.
+func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	resp, dec := d.Decide(ctx, md, req)
+	if dec.Status != http.StatusOK {
+		level := slog.LevelInfo
+		if dec.Status >= 500 {
+			level = slog.LevelWarn
+		}
+		d.log.LogAttrs(ctx, level, "metadata request not forwarded", dec.LogAttrs()...)
+	}
+	return resp
+}
+
+// Decide answers one request_headers message and says what it decided.
+func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+	q, err := request.Decode(md, req)
+	if err != nil {
+		var re *request.Error
+		errors.As(err, &re)
+		return Immediate(re.Status, re.Message), Decision{Status: re.Status, Err: err}
+	}
+	a, outcome, err := d.cache.Lookup(ctx, q)
+	dec := Decision{Query: q, Outcome: outcome}
+	if err == nil {
+		dec.Instance, dec.Status = a.inst, http.StatusOK
+		return a.resp, dec
+	}
+	dec.Err = err
+	var ambiguous *resolve.AmbiguousError
+	switch {
+	case errors.Is(err, resolve.ErrNotFound):
+		dec.Status = http.StatusNotFound
+		return Immediate(dec.Status, fmt.Sprintf("Instance was not found on %s", q.Scope)), dec
+	case errors.As(err, &ambiguous):
+		dec.Status = http.StatusInternalServerError
+		return Immediate(dec.Status, "Several ports own this address; the operator must fix the ports"), dec
+	case errors.Is(err, resolve.ErrUnavailable):
+		dec.Status = http.StatusServiceUnavailable
+		return Immediate(dec.Status, "Neutron is unreachable: the metadata proxy cannot identify this instance right now; retry later"), dec
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		dec.Status = http.StatusGatewayTimeout
+		return Immediate(dec.Status, "Timed out identifying this instance; retry later"), dec
+	default:
+		dec.Status = http.StatusInternalServerError
+		return Immediate(dec.Status, "Internal error identifying this instance"), dec
+	}
+}
+
+// build signs once per cache fill and prepares the response every later hit sends as is.
+func (d *Decider) build(q resolve.Query, inst resolve.Instance) answer {
+	set := []*corev3.HeaderValueOption{
+		rawHeader(HeaderInstanceID, inst.InstanceID),
+		rawHeader(HeaderTenantID, inst.ProjectID),
+		rawHeader(HeaderSignature, d.signer.Sign(inst.InstanceID)),
+		rawHeader(HeaderXFF, q.Addr.String()),
+	}
+	return answer{inst: inst, resp: &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
+				SetHeaders:    set,
+				RemoveHeaders: RemovedHeaders,
+			}},
+		}},
+	}}
+}
+
+// rawHeader overwrites key with value. Only raw_value is filled (value alone reaches nova as an
+// empty header, both are rejected by Envoy) and append_action is OVERWRITE_IF_EXISTS_OR_ADD.
+func rawHeader(key, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+// Immediate is an HTTP response Envoy sends the VM without contacting nova.
+func Immediate(status int, body string) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode(status)},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				rawHeader("content-type", "text/plain; charset=utf-8"),
+			}},
+			Body:    []byte(body + "\n"),
+			Details: "metaproxy_" + strconv.Itoa(status),
+		}},
+	}
+}
+
+// LogAttrs returns the slog attributes of a decision, without secrets.
+func (d Decision) LogAttrs() []slog.Attr {
+	attrs := []slog.Attr{slog.Int("status", d.Status)}
+	if d.Query.Scope.ID != "" {
+		attrs = append(attrs, slog.String(d.Query.Scope.Kind.String(), d.Query.Scope.ID), slog.String("vm_addr", d.Query.Addr.String()))
+	}
+	if d.Outcome != 0 {
+		attrs = append(attrs, slog.String("cache", d.Outcome.String()))
+	}
+	if d.Instance.InstanceID != "" {
+		attrs = append(attrs, slog.String("instance_id", d.Instance.InstanceID), slog.String("port_id", d.Instance.PortID))
+	}
+	if d.Err != nil {
+		attrs = append(attrs, slog.String("error", d.Err.Error()))
+	}
+	return attrs
+}

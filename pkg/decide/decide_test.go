@@ -1,0 +1,77 @@
+package decide
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/portcache"
+	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/sign"
+)
+
+type oneVM struct{}
+
+func (oneVM) Resolve(_ context.Context, q resolve.Query) (resolve.Instance, error) {
+	if q.Addr == netip.MustParseAddr("10.0.0.5") {
+		return resolve.Instance{InstanceID: "0a1b2c3d-0000-4000-8000-000000000001", ProjectID: "p1"}, nil
+	}
+	return resolve.Instance{}, resolve.ErrNotFound
+}
+
+func newDecider(tb testing.TB) *Decider {
+	tb.Helper()
+	s, _ := sign.New([]byte("s3cr3t"))
+	d, err := New(oneVM{}, s, portcache.Options{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
+func req(source string) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{}},
+		Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
+			contract.SourceAddressAttribute: structpb.NewStringValue(source)}}},
+	}
+}
+
+func TestDecisionRecordsOutcome(t *testing.T) {
+	d := newDecider(t)
+	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	_, first := d.Decide(context.Background(), md, req("10.0.0.5:1"))
+	_, second := d.Decide(context.Background(), md, req("10.0.0.5:2"))
+	if first.Status != http.StatusOK || first.Outcome != portcache.Miss || second.Outcome != portcache.Hit {
+		t.Fatalf("decisions %+v then %+v", first, second)
+	}
+	if second.Instance.InstanceID == "" || d.CacheLen() != 1 {
+		t.Fatalf("instance %+v, cache len %d", second.Instance, d.CacheLen())
+	}
+	for _, a := range second.LogAttrs() {
+		if a.Value.String() == "5620efe30f91e1e5d1f6ce3eeb1d755eef49aee6a3b9a627f7130508a61d5aaa" {
+			t.Fatal("the signature is in the log attributes")
+		}
+	}
+}
+
+// BenchmarkDecideHit is the hot path: a cached VM, decode + cache hit + the ready-made response.
+func BenchmarkDecideHit(b *testing.B) {
+	d := newDecider(b)
+	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	r := req("10.0.0.5:41234")
+	d.Decide(context.Background(), md, r)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			d.Decide(context.Background(), md, r)
+		}
+	})
+}

@@ -1,0 +1,147 @@
+// Package extproc is the gRPC side of cmd/extproc: the envoy.service.ext_proc.v3
+// ExternalProcessor stream loop and the gRPC health service, on one server listening on TCP or a
+// UNIX socket. What to answer is decided per message by a Processor; this package only moves
+// messages and closes streams cleanly.
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// Processor answers the request_headers message of one stream. md is the stream's initial metadata.
+type Processor interface {
+	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse
+}
+
+// Server implements ExternalProcessor over a Processor.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	proc Processor
+	log  *slog.Logger
+}
+
+// NewServer returns a Server that answers with proc.
+func NewServer(proc Processor, log *slog.Logger) *Server {
+	return &Server{proc: proc, log: log}
+}
+
+var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// Process handles one stream, i.e. one HTTP request from a VM. Envoy sends request_headers (the
+// only phase cmd/xds asks for); any other phase, should a listener be configured to send it, is
+// acknowledged unchanged so the request is neither stalled nor altered.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
+			}
+			return status.Errorf(codes.Unknown, "receive: %v", err)
+		}
+		var resp *extprocv3.ProcessingResponse
+		switch req.GetRequest().(type) {
+		case *extprocv3.ProcessingRequest_RequestHeaders:
+			resp = s.proc.RequestHeaders(ctx, md, req)
+		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+		case *extprocv3.ProcessingRequest_RequestBody:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+		case *extprocv3.ProcessingRequest_ResponseBody:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+		case *extprocv3.ProcessingRequest_RequestTrailers:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+		case *extprocv3.ProcessingRequest_ResponseTrailers:
+			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+		default:
+			return status.Error(codes.InvalidArgument, "processing request with no phase")
+		}
+		if err := stream.Send(resp); err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
+			}
+			return status.Errorf(codes.Unknown, "send: %v", err)
+		}
+	}
+}
+
+// Listen opens addr: "unix:///path/to.sock" (a stale socket file is replaced, the socket is made
+// mode 0660) or "host:port".
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if path == "" {
+			return nil, fmt.Errorf("listen address %q: empty socket path", addr)
+		}
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if err := os.Remove(path); err != nil {
+				return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+			}
+		}
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("restrict socket %s: %w", path, err)
+		}
+		return l, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// NewGRPCServer returns a gRPC server carrying the ExternalProcessor and the health service.
+// Health starts NOT_SERVING; the caller flips it with SetServing once it can answer.
+func NewGRPCServer(s *Server, opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
+	g := grpc.NewServer(opts...)
+	extprocv3.RegisterExternalProcessorServer(g, s)
+	h := health.NewServer()
+	h.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	h.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(g, h)
+	return g, h
+}
+
+// SetServing reports the ext_proc service (and the server as a whole) serving or not.
+func SetServing(h *health.Server, serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	h.SetServingStatus("", st)
+	h.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, st)
+}
+
+// Serve runs g on l until ctx is done, then stops gracefully.
+func Serve(ctx context.Context, g *grpc.Server, l net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- g.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("grpc server: %w", err)
+	case <-ctx.Done():
+		g.GracefulStop()
+		return nil
+	}
+}

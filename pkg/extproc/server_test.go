@@ -1,0 +1,415 @@
+package extproc_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/decide"
+	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/portcache"
+	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/sign"
+)
+
+const (
+	net1   = "6a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9"
+	net2   = "7b2c3d4e-5f60-4182-9304-b5c6d7e8f901"
+	vm1    = "0a1b2c3d-0000-4000-8000-000000000001"
+	proj1  = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
+	secret = "s3cr3t"
+	// vm1Sig = openssl dgst -sha256 -hmac s3cr3t over vm1 (see pkg/sign).
+	vm1Sig = "5620efe30f91e1e5d1f6ce3eeb1d755eef49aee6a3b9a627f7130508a61d5aaa"
+)
+
+// ports is a resolver over a fixed table that records every query it is asked.
+type ports struct {
+	mu      sync.Mutex
+	queries []resolve.Query
+}
+
+func (p *ports) Resolve(_ context.Context, q resolve.Query) (resolve.Instance, error) {
+	p.mu.Lock()
+	p.queries = append(p.queries, q)
+	p.mu.Unlock()
+	switch {
+	case q.Scope == resolve.Scope{Kind: resolve.KindNetwork, ID: net1} && q.Addr == netip.MustParseAddr("10.0.0.5"):
+		return resolve.Instance{InstanceID: vm1, ProjectID: proj1, PortID: "port1", NetworkID: net1}, nil
+	case q.Scope == resolve.Scope{Kind: resolve.KindNetwork, ID: net2} && q.Addr == netip.MustParseAddr("10.0.0.5"):
+		return resolve.Instance{InstanceID: "vm-on-net2", ProjectID: "proj2", PortID: "port2", NetworkID: net2}, nil
+	case q.Addr == netip.MustParseAddr("10.0.0.66"):
+		return resolve.Instance{}, &resolve.AmbiguousError{PortIDs: []string{"pa", "pb"}}
+	case q.Addr == netip.MustParseAddr("10.0.0.99"):
+		return resolve.Instance{}, fmt.Errorf("neutron: %w", resolve.ErrUnavailable)
+	}
+	return resolve.Instance{}, resolve.ErrNotFound
+}
+
+// start runs the real gRPC server on a UNIX socket and returns a client connection to it.
+func start(t *testing.T) (*grpc.ClientConn, *ports, func(bool)) {
+	t.Helper()
+	p := &ports{}
+	s, err := sign.New([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := decide.New(p, s, portcache.Options{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "extproc.sock")
+	l, err := extproc.Listen("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, h := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- extproc.Serve(ctx, g, l) }()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return conn, p, func(on bool) { extproc.SetServing(h, on) }
+}
+
+// envoyHeaders is the request_headers message Envoy sends: lower-cased keys, raw_value only,
+// pseudo-headers first, and the source.address attribute.
+func envoyHeaders(source string, vmHeaders ...string) *extprocv3.ProcessingRequest {
+	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":authority", RawValue: []byte("169.254.169.254")},
+		{Key: ":path", RawValue: []byte("/openstack/latest/meta_data.json")},
+		{Key: ":method", RawValue: []byte("GET")},
+		{Key: ":scheme", RawValue: []byte("http")},
+		{Key: "user-agent", RawValue: []byte("Cloud-Init/23.1")},
+	}}
+	for i := 0; i+1 < len(vmHeaders); i += 2 {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: strings.ToLower(vmHeaders[i]), RawValue: []byte(vmHeaders[i+1])})
+	}
+	req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &extprocv3.HttpHeaders{Headers: hm, EndOfStream: true}}}
+	if source != "" {
+		req.Attributes = map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
+			contract.SourceAddressAttribute: structpb.NewStringValue(source)}}}
+	}
+	return req
+}
+
+// roundTrip opens one stream as Envoy does (initial metadata from the listener), sends req and
+// returns the answer.
+func roundTrip(t *testing.T, conn *grpc.ClientConn, md metadata.MD, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	t.Helper()
+	ctx := metadata.NewOutgoingContext(context.Background(), md)
+	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("stream did not close cleanly after half-close: %v", err)
+	}
+	return resp
+}
+
+// header is one request header as nova would see it.
+type header struct{ key, value string }
+
+// applyAsEnvoy applies a HeadersResponse to the VM's headers the way Envoy's ext_proc filter does
+// (mutation_utils.cc): remove_headers first, case-insensitively, then set_headers from raw_value,
+// overwriting every copy. It fails the test on a mutation Envoy would reject or mis-apply.
+func applyAsEnvoy(t *testing.T, vm []header, resp *extprocv3.ProcessingResponse) []header {
+	t.Helper()
+	hr := resp.GetRequestHeaders()
+	if hr == nil {
+		t.Fatalf("not a request_headers response: %v", resp)
+	}
+	m := hr.GetResponse().GetHeaderMutation()
+	out := append([]header(nil), vm...)
+	for _, name := range m.GetRemoveHeaders() {
+		out = without(out, name)
+	}
+	for _, sh := range m.GetSetHeaders() {
+		h := sh.GetHeader()
+		if h.GetValue() != "" {
+			t.Fatalf("header %s sets value (%q): only raw_value may be set", h.GetKey(), h.GetValue())
+		}
+		if sh.GetAppend() != nil {
+			t.Fatalf("header %s uses the deprecated append", h.GetKey())
+		}
+		if sh.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			t.Fatalf("header %s append_action %v", h.GetKey(), sh.GetAppendAction())
+		}
+		out = append(without(out, h.GetKey()), header{strings.ToLower(h.GetKey()), string(h.GetRawValue())})
+	}
+	return out
+}
+
+func without(hs []header, name string) []header {
+	var out []header
+	for _, h := range hs {
+		if !strings.EqualFold(h.key, name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func values(hs []header, name string) []string {
+	var v []string
+	for _, h := range hs {
+		if strings.EqualFold(h.key, name) {
+			v = append(v, h.value)
+		}
+	}
+	return v
+}
+
+func TestSignedHeadersOverRealSocket(t *testing.T) {
+	conn, p, _ := start(t)
+	md := metadata.Pairs(contract.NetworkIDMetadata, net1)
+	resp := roundTrip(t, conn, md, envoyHeaders("10.0.0.5:41234"))
+	got := applyAsEnvoy(t, nil, resp)
+	want := map[string]string{"x-instance-id": vm1, "x-tenant-id": proj1, "x-instance-id-signature": vm1Sig, "x-forwarded-for": "10.0.0.5"}
+	for k, v := range want {
+		if vs := values(got, k); len(vs) != 1 || vs[0] != v {
+			t.Errorf("%s = %q, want exactly [%s]", k, vs, v)
+		}
+	}
+	if len(p.queries) != 1 || p.queries[0].Scope.ID != net1 {
+		t.Errorf("queries %v", p.queries)
+	}
+}
+
+func TestIPv6AndMappedSources(t *testing.T) {
+	conn, p, _ := start(t)
+	md := metadata.Pairs(contract.NetworkIDMetadata, net1)
+	roundTrip(t, conn, md, envoyHeaders("[::ffff:10.0.0.5]:41234"))
+	if p.queries[0].Addr != netip.MustParseAddr("10.0.0.5") {
+		t.Errorf("mapped address resolved as %s", p.queries[0].Addr)
+	}
+	resp := roundTrip(t, conn, md, envoyHeaders("[fe80::f816:3eff:fe12:3456]:5000"))
+	if resp.GetImmediateResponse().GetStatus().GetCode() != http.StatusNotFound {
+		t.Errorf("unknown link-local: %v", resp)
+	}
+	if p.queries[1].Addr != netip.MustParseAddr("fe80::f816:3eff:fe12:3456") {
+		t.Errorf("link-local resolved as %s", p.queries[1].Addr)
+	}
+}
+
+func TestImmediateResponses(t *testing.T) {
+	conn, _, _ := start(t)
+	tests := map[string]struct {
+		md       metadata.MD
+		source   string
+		status   int
+		bodyPart string
+	}{
+		"no network or router":   {md: metadata.MD{}, source: "10.0.0.5:1", status: 400, bodyPart: "no network id or router id"},
+		"network and router":     {md: metadata.Pairs(contract.NetworkIDMetadata, net1, contract.RouterIDMetadata, "r1"), source: "10.0.0.5:1", status: 400},
+		"unknown address":        {md: metadata.Pairs(contract.NetworkIDMetadata, net1), source: "10.0.0.7:1", status: 404, bodyPart: "Instance was not found on network " + net1},
+		"several ports":          {md: metadata.Pairs(contract.NetworkIDMetadata, net1), source: "10.0.0.66:1", status: 500},
+		"neutron unreachable":    {md: metadata.Pairs(contract.NetworkIDMetadata, net1), source: "10.0.0.99:1", status: 503, bodyPart: "Neutron is unreachable"},
+		"no source attribute":    {md: metadata.Pairs(contract.NetworkIDMetadata, net1), status: 500},
+		"garbage source address": {md: metadata.Pairs(contract.NetworkIDMetadata, net1), source: "::::", status: 500},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			resp := roundTrip(t, conn, tc.md, envoyHeaders(tc.source))
+			ir := resp.GetImmediateResponse()
+			if ir == nil {
+				t.Fatalf("want an immediate response, got %v", resp)
+			}
+			if int(ir.GetStatus().GetCode()) != tc.status {
+				t.Errorf("status %d, want %d", ir.GetStatus().GetCode(), tc.status)
+			}
+			if !strings.Contains(string(ir.GetBody()), tc.bodyPart) {
+				t.Errorf("body %q does not contain %q", ir.GetBody(), tc.bodyPart)
+			}
+			for _, h := range ir.GetHeaders().GetSetHeaders() {
+				if h.GetHeader().GetValue() != "" {
+					t.Errorf("immediate response header %s uses value, not raw_value", h.GetHeader().GetKey())
+				}
+			}
+		})
+	}
+}
+
+// TestSpoofMatrix: whatever identity headers a VM sends (every name, any case, duplicated, with
+// values that name another VM, network or address), nova sees exactly the identity Envoy knows.
+func TestSpoofMatrix(t *testing.T) {
+	conn, p, _ := start(t)
+	md := metadata.Pairs(contract.NetworkIDMetadata, net1)
+	forged := map[string]string{
+		"x-instance-id": "vm-on-net2", "x-instance-id-signature": "deadbeef", "x-tenant-id": "proj2",
+		"x-forwarded-for": "10.0.0.77", "x-neutron-network-id": net2, "x-neutron-router-id": "r-evil",
+		"x-ovn-network-id": net2, "x-metadata-provider": "evil", "x-metadata-provider-signature": "evil",
+	}
+	cases := map[string]func(string) []string{
+		"lower":      func(k string) []string { return []string{k} },
+		"upper":      func(k string) []string { return []string{strings.ToUpper(k)} },
+		"mixed":      func(k string) []string { return []string{mixedCase(k)} },
+		"duplicated": func(k string) []string { return []string{k, mixedCase(k), strings.ToUpper(k)} },
+	}
+	for caseName, names := range cases {
+		for key, val := range forged {
+			t.Run(caseName+"/"+key, func(t *testing.T) {
+				var vm []header
+				var wire []string
+				for _, n := range names(key) {
+					vm = append(vm, header{n, val})
+					wire = append(wire, n, val)
+				}
+				resp := roundTrip(t, conn, md, envoyHeaders("10.0.0.5:41234", wire...))
+				got := applyAsEnvoy(t, vm, resp)
+				want := map[string]string{"x-instance-id": vm1, "x-tenant-id": proj1, "x-instance-id-signature": vm1Sig, "x-forwarded-for": "10.0.0.5"}
+				for k, v := range want {
+					if vs := values(got, k); len(vs) != 1 || vs[0] != v {
+						t.Errorf("%s reaches nova as %q, want exactly [%s]", k, vs, v)
+					}
+				}
+				for _, k := range []string{"x-neutron-network-id", "x-neutron-router-id", "x-ovn-network-id", "x-metadata-provider", "x-metadata-provider-signature"} {
+					if vs := values(got, k); len(vs) != 0 {
+						t.Errorf("VM-sent %s reaches nova: %q", k, vs)
+					}
+				}
+			})
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, q := range p.queries {
+		if q.Scope.ID != net1 || q.Addr != netip.MustParseAddr("10.0.0.5") {
+			t.Fatalf("a VM header chose what was resolved: %+v", q)
+		}
+	}
+}
+
+func mixedCase(s string) string {
+	b := []byte(s)
+	for i := range b {
+		if i%2 == 0 && b[i] >= 'a' && b[i] <= 'z' {
+			b[i] -= 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+func TestOverlappingAddressesOnTwoNetworks(t *testing.T) {
+	conn, _, _ := start(t)
+	a := applyAsEnvoy(t, nil, roundTrip(t, conn, metadata.Pairs(contract.NetworkIDMetadata, net1), envoyHeaders("10.0.0.5:1")))
+	b := applyAsEnvoy(t, nil, roundTrip(t, conn, metadata.Pairs(contract.NetworkIDMetadata, net2), envoyHeaders("10.0.0.5:1")))
+	if values(a, "x-instance-id")[0] != vm1 || values(b, "x-instance-id")[0] != "vm-on-net2" {
+		t.Fatalf("same IP on two networks resolved to %v and %v", values(a, "x-instance-id"), values(b, "x-instance-id"))
+	}
+}
+
+func TestOtherPhasesPassThroughUnchanged(t *testing.T) {
+	conn, _, _ := start(t)
+	ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, net1))
+	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := []*extprocv3.ProcessingRequest{
+		envoyHeaders("10.0.0.5:1"),
+		{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("pw"), EndOfStream: true}}},
+		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{}}},
+		{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{}}},
+	}
+	for _, m := range msgs {
+		if err := stream.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m.Request.(type) {
+		case *extprocv3.ProcessingRequest_RequestBody:
+			if resp.GetRequestBody() == nil || resp.GetRequestBody().GetResponse().GetBodyMutation() != nil {
+				t.Errorf("request body answer %v", resp)
+			}
+		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			if resp.GetResponseHeaders() == nil {
+				t.Errorf("response headers answer %v", resp)
+			}
+		case *extprocv3.ProcessingRequest_ResponseBody:
+			if resp.GetResponseBody() == nil {
+				t.Errorf("response body answer %v", resp)
+			}
+		}
+	}
+	stream.CloseSend()
+}
+
+func TestHealth(t *testing.T) {
+	conn, _, setServing := start(t)
+	hc := healthpb.NewHealthClient(conn)
+	check := func() healthpb.HealthCheckResponse_ServingStatus {
+		r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: extprocv3.ExternalProcessor_ServiceDesc.ServiceName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetStatus()
+	}
+	if s := check(); s != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("before ready: %v", s)
+	}
+	setServing(true)
+	if s := check(); s != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("after ready: %v", s)
+	}
+}
+
+func TestListenReplacesStaleSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l1, err := extproc.Listen("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Simulate a crash: the socket file stays behind.
+	if ul, ok := l1.(interface{ SetUnlinkOnClose(bool) }); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	l1.Close()
+	l2, err := extproc.Listen("unix://" + sock)
+	if err != nil {
+		t.Fatalf("second listen on a stale socket: %v", err)
+	}
+	l2.Close()
+	if _, err := extproc.Listen("unix://"); err == nil {
+		t.Error("empty socket path accepted")
+	}
+}
