@@ -23,18 +23,18 @@ import (
 // Timeouts map neutron's [metadata_haproxy]: timeout http-request -> request_timeout, timeout
 // client -> stream_idle_timeout, timeout http-keep-alive -> idle_timeout (connections without
 // requests); timeout server is the route timeout, timeout connect the cluster connect_timeout.
-func httpConnectionManager(name string, t Timeouts, rateLimit, extProc *anypb.Any) (*anypb.Any, error) {
-	router, err := pack(&routerv3.Router{SuppressEnvoyHeaders: true})
-	if err != nil {
-		return nil, err
-	}
+//
+// The HCM of a network is shared by its IPv4 and IPv6 listeners (same stat_prefix, the listeners'
+// own stat_prefix tells them apart); rateLimit may differ per IP version, in which case each
+// version gets its own.
+func httpConnectionManager(statPrefix string, t Timeouts, rateLimit, extProc, router *anypb.Any) (*anypb.Any, error) {
 	var filters []*hcmv3.HttpFilter
 	if rateLimit != nil {
 		filters = append(filters, httpFilter(localRateLimitFilterName, rateLimit))
 	}
 	filters = append(filters, httpFilter(extProcFilterName, extProc), httpFilter(wellknown.Router, router))
 	return pack(&hcmv3.HttpConnectionManager{
-		StatPrefix: name,
+		StatPrefix: statPrefix,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource: &corev3.ConfigSource{
@@ -51,6 +51,12 @@ func httpConnectionManager(name string, t Timeouts, rateLimit, extProc *anypb.An
 		StreamIdleTimeout:         durationpb.New(t.Client),
 		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(t.KeepAlive)},
 	})
+}
+
+// routerFilter packs the router filter. suppress_envoy_headers keeps x-envoy-* timing headers out of
+// the answers VMs get.
+func routerFilter() (*anypb.Any, error) {
+	return pack(&routerv3.Router{SuppressEnvoyHeaders: true})
 }
 
 func httpFilter(name string, cfg *anypb.Any) *hcmv3.HttpFilter {

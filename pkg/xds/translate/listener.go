@@ -48,11 +48,17 @@ func (sh *Shared) listeners(n source.Network) ([]*listenerv3.Listener, error) {
 		versions = append(versions, 6)
 	}
 	out := make([]*listenerv3.Listener, 0, len(versions))
-	for _, v := range versions {
+	statPrefix := fmt.Sprintf("metadata-%s-%s", n.Kind, n.ID)
+	var hcm *anypb.Any
+	var hcmRateLimit *anypb.Any
+	for i, v := range versions {
 		name := ListenerName(n.Kind, n.ID, int(v))
-		hcm, err := httpConnectionManager(name, sh.settings.Timeouts, sh.rateLimit[v], extProc)
-		if err != nil {
-			return nil, err
+		if i == 0 || sh.rateLimit[v] != hcmRateLimit {
+			hcmRateLimit = sh.rateLimit[v]
+			hcm, err = httpConnectionManager(statPrefix, sh.settings.Timeouts, hcmRateLimit, extProc, sh.router)
+			if err != nil {
+				return nil, err
+			}
 		}
 		l := listener(name, n, v, hcm)
 		if err := validate(l); err != nil {

@@ -2,7 +2,9 @@ package translate
 
 import (
 	"fmt"
+	"runtime"
 	"sort"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -33,6 +35,7 @@ type Shared struct {
 	route    *routev3.RouteConfiguration
 	// rateLimit is the packed local rate limit filter per IP version (nil when off).
 	rateLimit map[ipVersion]*anypb.Any
+	router    *anypb.Any
 }
 
 // NewShared validates s and builds the node-independent resources.
@@ -52,7 +55,11 @@ func NewShared(s Settings) (*Shared, error) {
 	if err != nil {
 		return nil, err
 	}
-	sh := &Shared{settings: s, clusters: sortByName([]*clusterv3.Cluster{nova, ext}), route: route, rateLimit: map[ipVersion]*anypb.Any{}}
+	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	sh := &Shared{settings: s, clusters: sortByName([]*clusterv3.Cluster{nova, ext}), route: route, rateLimit: map[ipVersion]*anypb.Any{}, router: router}
 	if s.RateLimit.Enabled {
 		f, err := localRateLimitFilter(s.RateLimit)
 		if err != nil {
@@ -70,12 +77,26 @@ func NewShared(s Settings) (*Shared, error) {
 // and the snapshot stays consistent.
 func (sh *Shared) Node(nets []source.Network) (Resources, error) {
 	res := Resources{Clusters: sh.clusters}
-	for _, n := range nets {
-		ls, err := sh.listeners(n)
-		if err != nil {
-			return Resources{}, fmt.Errorf("%s %s: %w", n.Kind, n.ID, err)
+	perNet := make([][]*listenerv3.Listener, len(nets))
+	errs := make([]error, len(nets))
+	// Networks are independent: translate them on all CPUs (10k networks must take well under 1 s).
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(nets)/64))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(nets); i += workers {
+				perNet[i], errs[i] = sh.listeners(nets[i])
+			}
+		}()
+	}
+	wg.Wait()
+	for i, n := range nets {
+		if errs[i] != nil {
+			return Resources{}, fmt.Errorf("%s %s: %w", n.Kind, n.ID, errs[i])
 		}
-		res.Listeners = append(res.Listeners, ls...)
+		res.Listeners = append(res.Listeners, perNet[i]...)
 	}
 	if len(res.Listeners) > 0 {
 		res.Routes = []*routev3.RouteConfiguration{sh.route}

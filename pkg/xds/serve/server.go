@@ -1,0 +1,79 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Keepalive settings of the xDS gRPC server. The server pings idle connections every
+// keepaliveTime and drops them when a ping is not answered within keepaliveTimeout, so a vanished
+// Envoy does not hold a stream (and a "connected node") forever. Clients may ping as often as every
+// minClientPing (the bootstrap in envoy/ pings every 30 s); faster pings are answered with GOAWAY.
+const (
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+	minClientPing    = 10 * time.Second
+	// maxStreams bounds concurrent streams per connection: each Envoy opens one ADS stream, or one
+	// per type without ADS, so a few is plenty.
+	maxStreams = 100
+)
+
+// NewGRPCServer returns a gRPC server that serves ADS (state of the world and delta, chosen by the
+// client), plus the per-type LDS/RDS/CDS services and grpc.health.v1, from snaps.
+func NewGRPCServer(ctx context.Context, snaps *Snapshots, cb *Callbacks) *grpc.Server {
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(maxStreams),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
+	)
+	xds := serverv3.NewServer(ctx, snaps.Cache(), cb)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xds)
+	routeservice.RegisterRouteDiscoveryServiceServer(gs, xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xds)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	return gs
+}
+
+// Serve serves gs on lis until ctx is done, then stops gracefully (open xDS streams are long-lived,
+// so after stopGrace they are cut).
+func Serve(ctx context.Context, gs *grpc.Server, lis net.Listener, log *slog.Logger) error {
+	const stopGrace = 5 * time.Second
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(lis) }()
+	log.Info("xds server listening", "address", lis.Addr().String())
+	select {
+	case err := <-errc:
+		if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve xds: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(stopGrace):
+		gs.Stop()
+		<-stopped
+	}
+	<-errc
+	return nil
+}
