@@ -1,0 +1,156 @@
+// Package extproccmd is cmd/extproc: configuration, wiring and lifecycle of the ext_proc service
+// (gRPC ExternalProcessor + health on one listener, /healthz and /readyz on an admin listener), and
+// the `extproc resolve` subcommand operators use to see what a VM would be signed as.
+package extproccmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/version"
+)
+
+const usageHead = `extproc: the metaproxy ext_proc service.
+
+Envoy's per-network metadata listeners (pushed by cmd/xds) call this gRPC service for every VM
+request. It resolves the VM from the listener's network (gRPC metadata) and the downstream address
+(request attribute source.address) through Neutron, removes every identity header the VM sent, and
+adds X-Instance-ID, X-Tenant-ID, X-Forwarded-For and X-Instance-ID-Signature for nova's metadata API.
+It fails closed: no port -> 404, several -> 500, Neutron unreachable with nothing cached -> 503.
+
+Usage:
+  extproc [flags]                       serve
+  extproc resolve --network ID --ip ADDR [flags]
+                                        print what a VM at ADDR would be signed as
+  extproc --version
+
+Port source (choose one): --ports-file, Neutron (--os-cloud, --neutron-url, or $OS_CLOUD / OS_*), --demo.
+Shared secret: --secret-file, else $METAPROXY_SHARED_SECRET, else metadata_proxy_shared_secret
+from --metadata-agent-ini. It is never logged.
+
+Flags:
+`
+
+// Main runs cmd/extproc with args (without the program name) until ctx is done.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "resolve" {
+		return runResolve(ctx, args[1:], stdout, stderr)
+	}
+	var showVersion bool
+	cfg, _, err := parseArgs("extproc", args,
+		func(fs *flag.FlagSet) { fs.BoolVar(&showVersion, "version", false, "print the version and exit") },
+		func(fs *flag.FlagSet) { fmt.Fprint(stderr, usageHead); fs.SetOutput(stderr); fs.PrintDefaults() })
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if showVersion {
+		fmt.Fprintln(stdout, "extproc", version.String())
+		return nil
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	w, err := wire(ctx, cfg, log, true)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, w, log)
+}
+
+func serve(ctx context.Context, cfg Config, w *wiring, log *slog.Logger) error {
+	l, err := extproc.Listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() {
+		w.ready.watch(ctx, func() {
+			extproc.SetServing(health, true)
+			log.Info("ready: serving ext_proc", "listen", cfg.Listen)
+		})
+	})
+	wg.Go(func() { errc <- extproc.Serve(ctx, g, l) })
+	if cfg.AdminListen != "" {
+		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(w.ready), ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { errc <- serveHTTP(ctx, admin) })
+	}
+	log.Info("extproc started", "version", version.String(), "listen", cfg.Listen, "admin", cfg.AdminListen,
+		"source", w.source, "secret_from", w.secretFrom, "cache_ttl", cfg.Cache.TTL, "stale_window", cfg.Cache.StaleWindow)
+
+	var first error
+	select {
+	case first = <-errc:
+	case <-ctx.Done():
+	}
+	cancel()
+	wg.Wait()
+	log.Info("extproc stopped")
+	return first
+}
+
+func adminMux(r *readiness) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := r.state(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+func serveHTTP(ctx context.Context, s *http.Server) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin listener %s: %w", s.Addr, err)
+	case <-ctx.Done():
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return s.Shutdown(shut)
+	}
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(cfg Config, w io.Writer) (*slog.Logger, error) {
+	level, err := parseLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if strings.EqualFold(cfg.LogFormat, "json") {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
