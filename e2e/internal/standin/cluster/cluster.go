@@ -209,20 +209,26 @@ func parseTransportSocket(ts *corev3.TransportSocket) (*tls.Config, error) {
 	// chain is verified (Envoy checks names only when match_typed_subject_alt_names is set).
 	cfg.InsecureSkipVerify = true
 	if vc := ctc.GetValidationContext(); vc != nil {
-		if len(vc.GetMatchTypedSubjectAltNames()) > 0 {
-			return nil, errors.New("match_typed_subject_alt_names is not supported by the stand-in")
-		}
-		if vc.GetTrustedCa() != nil {
+		var pool *x509.CertPool // nil: system roots
+		switch {
+		case vc.GetTrustedCa() != nil:
 			pem, err := readSource(vc.GetTrustedCa())
 			if err != nil {
 				return nil, fmt.Errorf("trusted_ca: %w", err)
 			}
-			pool := x509.NewCertPool()
+			pool = x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
 				return nil, errors.New("trusted_ca: no PEM certificates")
 			}
-			cfg.VerifyPeerCertificate = verifyChain(pool)
+		case vc.GetSystemRootCerts() != nil:
+		default:
+			return nil, errors.New("validation_context needs trusted_ca or system_root_certs in the stand-in")
 		}
+		sans, err := sanMatchers(vc.GetMatchTypedSubjectAltNames())
+		if err != nil {
+			return nil, err
+		}
+		cfg.VerifyPeerCertificate = verifyChain(pool, sans)
 	}
 	if alpn := ctc.GetAlpnProtocols(); len(alpn) > 0 {
 		cfg.NextProtos = slices.Clone(alpn)
@@ -230,7 +236,50 @@ func parseTransportSocket(ts *corev3.TransportSocket) (*tls.Config, error) {
 	return cfg, nil
 }
 
-func verifyChain(pool *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
+// sanMatcher is an exact subject-alt-name match (DNS or IP).
+type sanMatcher struct {
+	ip    bool
+	value string
+}
+
+func sanMatchers(in []*tlsv3.SubjectAltNameMatcher) ([]sanMatcher, error) {
+	var out []sanMatcher
+	for _, m := range in {
+		exact := m.GetMatcher().GetExact()
+		if exact == "" || m.GetMatcher().GetIgnoreCase() {
+			return nil, errors.New("only exact, case-sensitive subject alt name matchers are supported by the stand-in")
+		}
+		switch m.GetSanType() {
+		case tlsv3.SubjectAltNameMatcher_DNS:
+			out = append(out, sanMatcher{value: exact})
+		case tlsv3.SubjectAltNameMatcher_IP_ADDRESS:
+			ip := net.ParseIP(exact)
+			if ip == nil {
+				return nil, fmt.Errorf("subject alt name %q is not an IP address", exact)
+			}
+			out = append(out, sanMatcher{ip: true, value: ip.String()})
+		default:
+			return nil, fmt.Errorf("subject alt name type %s is not supported by the stand-in", m.GetSanType())
+		}
+	}
+	return out, nil
+}
+
+func (m sanMatcher) matches(c *x509.Certificate) bool {
+	if m.ip {
+		for _, ip := range c.IPAddresses {
+			if ip.String() == m.value {
+				return true
+			}
+		}
+		return false
+	}
+	return slices.Contains(c.DNSNames, m.value)
+}
+
+// verifyChain verifies the upstream chain against pool (nil: system roots) and, when sans is not
+// empty, requires the leaf to carry one of them (Envoy checks names only through these matchers).
+func verifyChain(pool *x509.CertPool, sans []sanMatcher) func([][]byte, [][]*x509.Certificate) error {
 	return func(raw [][]byte, _ [][]*x509.Certificate) error {
 		if len(raw) == 0 {
 			return errors.New("upstream sent no certificate")
@@ -247,8 +296,18 @@ func verifyChain(pool *x509.CertPool) func([][]byte, [][]*x509.Certificate) erro
 		for _, c := range certs[1:] {
 			inter.AddCert(c)
 		}
-		_, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter})
-		return err
+		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter}); err != nil {
+			return err
+		}
+		if len(sans) == 0 {
+			return nil
+		}
+		for _, m := range sans {
+			if m.matches(certs[0]) {
+				return nil
+			}
+		}
+		return errors.New("upstream certificate matches none of match_typed_subject_alt_names")
 	}
 }
 

@@ -265,13 +265,23 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		return nil, errors.New("listener_filters, use_original_dst, api/internal listeners, transparent and filter_chain_matcher are not supported by the stand-in")
 	}
 	freebind := l.GetFreebind().GetValue()
-	s, err := socketSpec(l.GetAddress(), freebind)
+	opts, err := socketOptions(l.GetSocketOptions())
+	if err != nil {
+		return nil, err
+	}
+	s, err := socketSpec(l.GetAddress(), freebind, opts)
 	if err != nil {
 		return nil, err
 	}
 	spec.sockets = append(spec.sockets, s)
 	for _, aa := range l.GetAdditionalAddresses() {
-		s, err := socketSpec(aa.GetAddress(), freebind)
+		aopts := opts
+		if aa.GetSocketOptions() != nil {
+			if aopts, err = socketOptions(aa.GetSocketOptions().GetSocketOptions()); err != nil {
+				return nil, fmt.Errorf("additional address: %w", err)
+			}
+		}
+		s, err := socketSpec(aa.GetAddress(), freebind, aopts)
 		if err != nil {
 			return nil, fmt.Errorf("additional address: %w", err)
 		}
@@ -308,7 +318,27 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	return spec, nil
 }
 
-func socketSpec(a *corev3.Address, freebind bool) (netnslisten.Spec, error) {
+func socketOptions(in []*corev3.SocketOption) ([]netnslisten.SocketOption, error) {
+	var out []netnslisten.SocketOption
+	for _, o := range in {
+		so := netnslisten.SocketOption{Level: int(o.GetLevel()), Name: int(o.GetName()), Prebind: o.GetState() == corev3.SocketOption_STATE_PREBIND}
+		switch v := o.GetValue().(type) {
+		case *corev3.SocketOption_IntValue:
+			so.Int = int(v.IntValue)
+		case *corev3.SocketOption_BufValue:
+			so.Buf = v.BufValue
+			if so.Buf == nil {
+				so.Buf = []byte{}
+			}
+		default:
+			return nil, fmt.Errorf("socket option %q has no value", o.GetDescription())
+		}
+		out = append(out, so)
+	}
+	return out, nil
+}
+
+func socketSpec(a *corev3.Address, freebind bool, opts []netnslisten.SocketOption) (netnslisten.Spec, error) {
 	sa := a.GetSocketAddress()
 	if sa == nil {
 		return netnslisten.Spec{}, errors.New("listener address must be a socket_address in the stand-in")
@@ -321,6 +351,7 @@ func socketSpec(a *corev3.Address, freebind bool) (netnslisten.Spec, error) {
 		Address:   net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10)),
 		NetnsPath: sa.GetNetworkNamespaceFilepath(),
 		Freebind:  freebind,
+		Options:   opts,
 	}, nil
 }
 
@@ -513,7 +544,6 @@ func (d *DataPlane) Dump() Dump {
 		li := ListenerInfo{Name: name, State: "warming", RouteConfig: spec.hcm.RDSName}
 		if rl, ok := d.running[name]; ok {
 			li.State = "active"
-			spec = rl.spec
 			for _, ln := range rl.lns {
 				li.Addresses = append(li.Addresses, ln.Addr().String())
 			}

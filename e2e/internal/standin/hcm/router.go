@@ -25,7 +25,9 @@ const (
 )
 
 // router forwards the request to the route's cluster (envoy.filters.http.router).
-type router struct{}
+type router struct {
+	suppressEnvoyHeaders bool
+}
 
 func parseRouter(a *anypb.Any) (*router, error) {
 	var r routerv3.Router
@@ -35,7 +37,7 @@ func parseRouter(a *anypb.Any) (*router, error) {
 	if len(r.GetUpstreamHttpFilters()) > 0 {
 		return nil, errors.New("upstream_http_filters are not supported by the stand-in")
 	}
-	return &router{}, nil
+	return &router{suppressEnvoyHeaders: r.GetSuppressEnvoyHeaders()}, nil
 }
 
 func (rt *router) decodeHeaders(ctx context.Context, s *Stream, _ any) bool {
@@ -136,7 +138,9 @@ func (rt *router) decodeHeaders(ctx context.Context, s *Stream, _ any) bool {
 		}
 		h[k] = vs
 	}
-	h.Set("X-Envoy-Upstream-Service-Time", strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	if !rt.suppressEnvoyHeaders {
+		h.Set("X-Envoy-Upstream-Service-Time", strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	}
 	for _, ops := range []headerOps{route.table.headerOps, route.vhost.headerOps, route.headerOps} {
 		for _, k := range ops.respRem {
 			h.Del(k)

@@ -6,6 +6,7 @@ package netnslisten
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -27,33 +28,71 @@ type Spec struct {
 	NetnsPath string
 	// Freebind sets IP_FREEBIND so the address need not be configured yet.
 	Freebind bool
+	// Options are socket options set before bind (Prebind) or after listen (otherwise), like
+	// Envoy's SocketOption; SO_BINDTODEVICE is what makes a link-local IPv6 address without a
+	// zone bindable.
+	Options []SocketOption
+}
+
+// SocketOption is one setsockopt call.
+type SocketOption struct {
+	Level, Name int
+	// Int is used when Buf is nil.
+	Int int
+	Buf []byte
+	// Prebind applies the option before bind(2); otherwise after listen(2).
+	Prebind bool
+}
+
+func (o SocketOption) apply(fd int) error {
+	var err error
+	if o.Buf != nil {
+		err = unix.SetsockoptString(fd, o.Level, o.Name, string(o.Buf))
+	} else {
+		err = unix.SetsockoptInt(fd, o.Level, o.Name, o.Int)
+	}
+	if err != nil {
+		return fmt.Errorf("setsockopt(level %d, name %d): %w", o.Level, o.Name, err)
+	}
+	return nil
 }
 
 // Listen opens a listener as described by s.
 func Listen(ctx context.Context, s Spec) (net.Listener, error) {
 	lc := net.ListenConfig{}
-	if s.Freebind {
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
-				if serr == nil {
-					// IPV6_FREEBIND only exists on IPv6 sockets; ignore the error on IPv4 ones.
-					_ = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+	lc.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if s.Freebind {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1); serr != nil {
+					return
 				}
-			})
-			if err != nil {
-				return err
+				// IPV6_FREEBIND only exists on IPv6 sockets; ignore the error on IPv4 ones.
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
 			}
-			return serr
+			for _, o := range s.Options {
+				if o.Prebind {
+					if serr = o.apply(int(fd)); serr != nil {
+						return
+					}
+				}
+			}
+		})
+		if err != nil {
+			return err
 		}
+		return serr
 	}
 	network := s.Network
 	if network == "" {
 		network = "tcp"
 	}
 	if s.NetnsPath == "" {
-		return lc.Listen(ctx, network, s.Address)
+		ln, err := lc.Listen(ctx, network, s.Address)
+		if err != nil {
+			return nil, err
+		}
+		return afterListen(ln, s)
 	}
 	type result struct {
 		ln  net.Listener
@@ -72,7 +111,48 @@ func Listen(ctx context.Context, s Spec) (net.Listener, error) {
 		ch <- result{ln, err}
 	}()
 	r := <-ch
-	return r.ln, r.err
+	if r.err != nil {
+		return nil, r.err
+	}
+	return afterListen(r.ln, s)
+}
+
+// afterListen applies the options that are not Prebind.
+func afterListen(ln net.Listener, s Spec) (net.Listener, error) {
+	var post []SocketOption
+	for _, o := range s.Options {
+		if !o.Prebind {
+			post = append(post, o)
+		}
+	}
+	if len(post) == 0 {
+		return ln, nil
+	}
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		ln.Close()
+		return nil, errors.New("listener has no file descriptor")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for _, o := range post {
+			if serr = o.apply(int(fd)); serr != nil {
+				return
+			}
+		}
+	}); err != nil {
+		serr = err
+	}
+	if serr != nil {
+		ln.Close()
+		return nil, serr
+	}
+	return ln, nil
 }
 
 func listenIn(ctx context.Context, lc net.ListenConfig, network string, s Spec) (ln net.Listener, restored bool, err error) {
