@@ -174,7 +174,11 @@ func (n *fakeNova) seen() upstreamSeen {
 type netnsPair struct {
 	server, client string
 	clientIP       string
+	serverIf       string
+	clientIf       string
 }
+
+const clientLinkLocal = "fe80::2"
 
 func run(t *testing.T, args ...string) {
 	t.Helper()
@@ -190,6 +194,7 @@ func newNetnsPair(t *testing.T) netnsPair {
 	third := 1 + id%250
 	p.clientIP = fmt.Sprintf("10.251.%d.2", third)
 	vs, vc := fmt.Sprintf("stis%d", id), fmt.Sprintf("stic%d", id)
+	p.serverIf, p.clientIf = vs, vc
 	t.Cleanup(func() {
 		_ = exec.Command("ip", "netns", "del", p.server).Run()
 		_ = exec.Command("ip", "netns", "del", p.client).Run()
@@ -204,6 +209,11 @@ func newNetnsPair(t *testing.T) netnsPair {
 	}
 	run(t, "ip", "-n", p.server, "addr", "add", fmt.Sprintf("10.251.%d.1/24", third), "dev", vs)
 	run(t, "ip", "-n", p.server, "addr", "add", contract.MetadataIPv4+"/32", "dev", vs)
+	// Only the fixed link-local addresses, without DAD, so the client's source is known.
+	run(t, "ip", "netns", "exec", p.server, "sysctl", "-qw", "net.ipv6.conf."+vs+".addr_gen_mode=1")
+	run(t, "ip", "netns", "exec", p.client, "sysctl", "-qw", "net.ipv6.conf."+vc+".addr_gen_mode=1")
+	run(t, "ip", "-n", p.server, "addr", "add", contract.MetadataIPv6+"/64", "dev", vs, "nodad")
+	run(t, "ip", "-n", p.client, "addr", "add", clientLinkLocal+"/64", "dev", vc, "nodad")
 	run(t, "ip", "-n", p.server, "link", "set", vs, "up")
 	run(t, "ip", "-n", p.client, "addr", "add", p.clientIP+"/24", "dev", vc)
 	run(t, "ip", "-n", p.client, "link", "set", vc, "up")
@@ -273,6 +283,21 @@ func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// listener6 is the IPv6 listener the translator builds: the link-local metadata address with no
+// zone, made bindable by SO_BINDTODEVICE before bind.
+func (h *harness) listener6(name, netID string) *listenerv3.Listener {
+	l := h.listener(name, netID)
+	l.Address.GetSocketAddress().Address = contract.MetadataIPv6
+	l.SocketOptions = []*corev3.SocketOption{{
+		Description: "SO_BINDTODEVICE",
+		Level:       1,  // SOL_SOCKET
+		Name:        25, // SO_BINDTODEVICE
+		Value:       &corev3.SocketOption_BufValue{BufValue: []byte(h.ns.serverIf)},
+		State:       corev3.SocketOption_STATE_PREBIND,
+	}}
+	return l
 }
 
 func (h *harness) listener(name, netID string, filters ...*hcmv3.HttpFilter) *listenerv3.Listener {
@@ -602,6 +627,15 @@ func TestStandInFeatures(t *testing.T) {
 		waitFor(t, "NACK", func() bool { return h.nacks.Load() > before })
 		if r := curl(t, h.ns.client, metaURL); r.status != 200 {
 			t.Fatalf("curl = %+v, want the previous listener to keep serving", r)
+		}
+	})
+
+	t.Run("IPv6 link-local listener with SO_BINDTODEVICE", func(t *testing.T) {
+		h.push(h.clusters(h.novaAddr), h.listener("net-a", "net-a"), h.listener6("net-a-v6", "net-a"))
+		url := "http://[" + contract.MetadataIPv6 + "%25" + h.ns.clientIf + "]/latest/meta-data/"
+		waitFor(t, "IPv6 listener served", func() bool { return curl(t, h.ns.client, "-g", url).status == 200 })
+		if got, want := h.ext.last(t).source, "["+clientLinkLocal+"]:"; !strings.HasPrefix(got, want) {
+			t.Errorf("source.address = %q, want %s<port> (no zone, as Envoy prints it)", got, want)
 		}
 	})
 
