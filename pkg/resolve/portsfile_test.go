@@ -372,6 +372,7 @@ func BenchmarkPortsFileResolve(b *testing.B) {
 	q := Query{Scope: Scope{Kind: KindNetwork, ID: "net-42"}, Addr: netip.MustParseAddr("10.0.0.17")}
 	ctx := context.Background()
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if _, err := pf.Resolve(ctx, q); err != nil {
