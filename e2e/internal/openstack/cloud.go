@@ -48,6 +48,9 @@ type Options struct {
 	// disables nova's cache, so that every request is judged and built afresh (password POST then
 	// GET, instances deleted mid-test). Nova's own default is 15s.
 	NovaCacheExpiration time.Duration
+	// DBCacheDir caches the schema-only databases per package version (see DefaultDBCacheDir).
+	// Empty: DefaultDBCacheDir; "-": no cache, always create the schemas.
+	DBCacheDir string
 	// StopGrace bounds how long a process may take to exit after SIGTERM before it gets SIGKILL.
 	// Zero: 15s (neutron-server may take ~13s).
 	StopGrace time.Duration
@@ -171,9 +174,14 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 	}()
 	go func() {
 		defer wg.Done()
-		if errs[0] = c.runStep(ctx, "neutron-schema", Python, c.script("neutron_schema.py"),
-			c.path("neutron/neutron.conf"), c.path("neutron/neutron.sqlite")); errs[0] != nil {
-			return
+		dbs := dbSet{service: "neutron", pkg: "python3-neutron", files: []string{"neutron.sqlite"}}
+		cache := c.cacheDir(dbs, string(scriptText("neutron_schema.py")))
+		if !c.restoreDBs(dbs, cache) {
+			if errs[0] = c.runStep(ctx, "neutron-schema", Python, c.script("neutron_schema.py"),
+				c.path("neutron/neutron.conf"), c.path("neutron/neutron.sqlite")); errs[0] != nil {
+				return
+			}
+			c.saveDBs(dbs, cache)
 		}
 		if err := <-rabbitUp; err != nil {
 			errs[0] = errors.New("neutron-server not started: RabbitMQ failed")
@@ -184,10 +192,15 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 	go func() {
 		defer wg.Done()
 		conf := c.path("nova/nova.conf")
-		for _, step := range []string{"api_db", "db"} {
-			if errs[1] = c.runStep(ctx, "nova-"+step+"-sync", "/usr/bin/nova-manage", "--config-file", conf, step, "sync"); errs[1] != nil {
-				return
+		dbs := dbSet{service: "nova", pkg: "python3-nova", files: []string{"nova_api.sqlite", "nova.sqlite"}}
+		cache := c.cacheDir(dbs, "api_db sync; db sync")
+		if !c.restoreDBs(dbs, cache) {
+			for _, step := range []string{"api_db", "db"} {
+				if errs[1] = c.runStep(ctx, "nova-"+step+"-sync", "/usr/bin/nova-manage", "--config-file", conf, step, "sync"); errs[1] != nil {
+					return
+				}
 			}
+			c.saveDBs(dbs, cache)
 		}
 		objs := make(chan error, 1)
 		go func() {

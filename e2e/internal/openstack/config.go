@@ -16,6 +16,12 @@ var scripts embed.FS
 // script is the path of an embedded helper script, written under BaseDir/scripts by writeConfigs.
 func (c *Cloud) script(name string) string { return c.path("scripts/" + name) }
 
+// scriptText returns an embedded script's text (the go:embed pattern guarantees it exists).
+func scriptText(name string) []byte {
+	b, _ := scripts.ReadFile("scripts/" + name)
+	return b
+}
+
 var neutronConf = template.Must(template.New("neutron.conf").Parse(`[DEFAULT]
 core_plugin = ml2
 # The L3 plugin runs on sqlite without agents: routers and router interface ports for router mode.
