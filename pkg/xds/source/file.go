@@ -79,6 +79,9 @@ func (f *File) Networks(ctx context.Context) (Nodes, error) {
 // ParseNetworks parses a networks file (see File) and checks every entry. Unknown fields are errors,
 // so that a typo does not silently drop a network. All problems are reported at once.
 func ParseNetworks(raw []byte, netnsDir string) (Nodes, error) {
+	if netnsDir == "" {
+		netnsDir = DefaultNetnsDir
+	}
 	var doc fileDoc
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
