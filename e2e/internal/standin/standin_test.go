@@ -86,12 +86,6 @@ func (f *fakeExtProc) last(t *testing.T) seenRequest {
 	return f.seen[len(f.seen)-1]
 }
 
-func (f *fakeExtProc) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.seen)
-}
-
 func (f *fakeExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	req, err := stream.Recv()

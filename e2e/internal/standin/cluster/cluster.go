@@ -101,6 +101,7 @@ func Parse(c *clusterv3.Cluster) (*Config, error) {
 		}
 		cfg.TLS = t
 	}
+	//lint:ignore SA1019 Envoy still honours the deprecated field; so does the stand-in.
 	if c.GetHttp2ProtocolOptions() != nil {
 		cfg.HTTP2 = true
 	}
@@ -202,6 +203,7 @@ func parseTransportSocket(ts *corev3.TransportSocket) (*tls.Config, error) {
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}
+	//lint:ignore SA1019 rejected explicitly, as the stand-in does not implement it.
 	if ctc.GetCombinedValidationContext() != nil || ctc.GetValidationContextCertificateProvider() != nil {
 		return nil, errors.New("only validation_context is supported by the stand-in")
 	}

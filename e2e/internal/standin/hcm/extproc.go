@@ -143,6 +143,7 @@ func parseExtProcPerRoute(a *anypb.Any) (any, error) {
 	}
 	o := pr.GetOverrides()
 	out := &extProcOverride{o: o}
+	//lint:ignore SA1019 rejected explicitly, as the stand-in does not implement it.
 	if o.GetAsyncMode() || o.GetMetadataOptions() != nil || o.GetProcessingRequestModifier() != nil {
 		return nil, errors.New("ext_proc overrides async_mode, metadata_options and processing_request_modifier are not supported by the stand-in")
 	}
@@ -461,6 +462,7 @@ func applyMutation(h *Headers, m *extprocv3.HeaderMutation, rules mutationChecke
 		}
 		action := sh.GetAppendAction()
 		if action == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
+			//lint:ignore SA1019 Envoy ext_proc still reads the deprecated append field.
 			if sh.GetAppend().GetValue() {
 				h.Add(k, v)
 			} else {

@@ -157,6 +157,7 @@ func parseRoute(r *routev3.Route) (*Route, error) {
 		rt.PrefixRewrite = ra.GetPrefixRewrite()
 		rt.HostRewriteLiteral = ra.GetHostRewriteLiteral()
 		rt.RateLimits = ra.GetRateLimits()
+		//lint:ignore SA1019 Envoy still honours the deprecated field.
 		rt.IncludeVhRateLimit = ra.GetIncludeVhRateLimits().GetValue()
 	case *routev3.Route_DirectResponse:
 		rt.DirectStatus = int(a.DirectResponse.GetStatus())
@@ -186,9 +187,6 @@ func (t *RouteTable) Match(authority, path string, stripPort bool) *Route {
 		host = stripHostPort(host)
 	}
 	vh := t.selectVirtualHost(host)
-	if vh == nil && !stripPort {
-		vh = t.selectVirtualHost(stripHostPort(host))
-	}
 	if vh == nil {
 		return nil
 	}
@@ -339,8 +337,9 @@ func parseHeaderOps(reqAdd []*corev3.HeaderValueOption, reqRem []string, respAdd
 				return nil, fmt.Errorf("header %s: %w", o.GetHeader().GetKey(), err)
 			}
 			act := o.GetAppendAction()
-			if o.GetAppend() != nil {
-				if o.GetAppend().GetValue() {
+			//lint:ignore SA1019 Envoy still honours the deprecated append field.
+			if appendField := o.GetAppend(); appendField != nil {
+				if appendField.GetValue() {
 					act = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
 				} else {
 					act = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
