@@ -247,6 +247,7 @@ func curl(t *testing.T, ns string, args ...string) curlResult {
 
 type harness struct {
 	t        *testing.T
+	rds      bool
 	cache    cachev3.SnapshotCache
 	version  int
 	ns       netnsPair
@@ -315,20 +316,14 @@ func (h *harness) listener(name, netID string, filters ...*hcmv3.HttpFilter) *li
 	m := &hcmv3.HttpConnectionManager{
 		StatPrefix:       "metadata",
 		UseRemoteAddress: wrapperspb.Bool(true),
-		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-			Name: "metadata",
-			VirtualHosts: []*routev3.VirtualHost{{
-				Name: "metadata", Domains: []string{"*"},
-				Routes: []*routev3.Route{{
-					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: contract.NovaClusterName},
-						Timeout:          durationpb.New(5 * time.Second),
-					}},
-				}},
-			}},
-		}},
-		HttpFilters: filters,
+		RouteSpecifier:   &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: routeConfig()},
+		HttpFilters:      filters,
+	}
+	if h.rds {
+		m.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: "metadata",
+			ConfigSource:    &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}},
+		}}
 	}
 	return &listenerv3.Listener{
 		Name: name,
@@ -341,6 +336,22 @@ func (h *harness) listener(name, netID string, filters ...*hcmv3.HttpFilter) *li
 			Name:       "envoy.filters.network.http_connection_manager",
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, m)},
 		}}}},
+	}
+}
+
+func routeConfig() *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name: "metadata",
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name: "metadata", Domains: []string{"*"},
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: contract.NovaClusterName},
+					Timeout:          durationpb.New(5 * time.Second),
+				}},
+			}},
+		}},
 	}
 }
 
@@ -379,10 +390,14 @@ func (h *harness) clusters(novaAddr string) []types.Resource {
 func (h *harness) push(clusters []types.Resource, listeners ...types.Resource) {
 	h.t.Helper()
 	h.version++
-	snap, err := cachev3.NewSnapshot(strconv.Itoa(h.version), map[resource.Type][]types.Resource{
+	res := map[resource.Type][]types.Resource{
 		resource.ClusterType:  clusters,
 		resource.ListenerType: listeners,
-	})
+	}
+	if h.rds && len(listeners) > 0 {
+		res[resource.RouteType] = []types.Resource{routeConfig()}
+	}
+	snap, err := cachev3.NewSnapshot(strconv.Itoa(h.version), res)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -394,7 +409,7 @@ func (h *harness) push(clusters []types.Resource, listeners ...types.Resource) {
 	}
 }
 
-func newHarness(t *testing.T, delta bool) *harness {
+func newHarness(t *testing.T, delta, rds bool) *harness {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the stand-in feature test needs root (network namespaces, veth, binding port 80): run it as root")
@@ -406,7 +421,7 @@ func newHarness(t *testing.T, delta bool) *harness {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	h := &harness{t: t, ns: newNetnsPair(t), ext: &fakeExtProc{}, nova: &fakeNova{}}
+	h := &harness{t: t, rds: rds, ns: newNetnsPair(t), ext: &fakeExtProc{}, nova: &fakeNova{}}
 	dir, err := os.MkdirTemp("", "standin")
 	if err != nil {
 		t.Fatal(err)
@@ -489,7 +504,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 const metaURL = "http://169.254.169.254/openstack/latest/meta_data.json"
 
 func TestStandInFeatures(t *testing.T) {
-	h := newHarness(t, false)
+	h := newHarness(t, false, false)
 
 	t.Run("header mutation reaches nova, forged headers do not", func(t *testing.T) {
 		before := h.nova.calls.Load()
@@ -644,8 +659,20 @@ func TestStandInFeatures(t *testing.T) {
 	})
 }
 
+// TestStandInRDS runs the control plane's shape (route configuration over RDS) in both protocols.
+func TestStandInRDS(t *testing.T) {
+	for name, delta := range map[string]bool{"sotw": false, "delta": true} {
+		t.Run(name, func(t *testing.T) { addRemove(t, newHarness(t, delta, true)) })
+	}
+}
+
 func TestStandInDelta(t *testing.T) {
-	h := newHarness(t, true)
+	addRemove(t, newHarness(t, true, false))
+}
+
+// addRemove serves a request, removes the listener, adds another one.
+func addRemove(t *testing.T, h *harness) {
+	t.Helper()
 	r := curl(t, h.ns.client, "-H", "X-Tenant-ID: forged", metaURL)
 	if r.status != 200 {
 		t.Fatalf("curl = %+v", r)
