@@ -1,0 +1,222 @@
+// Package xdscmd is cmd/xds: metaproxy's xDS control plane. It discovers which Neutron networks
+// (and routers) each Envoy node serves, translates them into listeners bound in the networks'
+// namespaces plus the nova_metadata and extproc clusters, and serves one snapshot per node over ADS.
+// `xds bootstrap` prints the Envoy bootstrap that connects a node to it.
+package xdscmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/metaproxy/metaproxy/pkg/osclient"
+	"github.com/metaproxy/metaproxy/pkg/xds/serve"
+	"github.com/metaproxy/metaproxy/pkg/xds/source"
+	"github.com/metaproxy/metaproxy/pkg/xds/translate"
+)
+
+const usageHead = `Usage: xds [flags]
+       xds bootstrap [--node-id ID] [--xds-address HOST:PORT] [--admin-port N] [--api-type DELTA_GRPC|GRPC]
+
+xds is metaproxy's xDS control plane. For every Envoy node it serves (ADS over gRPC, state of the
+world or delta, as the Envoy asks) one listener on 169.254.169.254:80 per Neutron network, bound in
+the network's qdhcp-<id> namespace (qrouter-<id> for routers with --routers), plus one on
+[fe80::a9fe:a9fe]:80 when the interface holding that address is known; each listener calls
+cmd/extproc (--extproc-address) and routes to nova's metadata API (cluster nova_metadata).
+
+Node ids: an Envoy is identified by the node.id of its bootstrap ("xds bootstrap --node-id", the host
+name by default). xds maps networks to node ids as follows:
+  --source neutron --neutron-mode agents  node id = the host of the Neutron DHCP agent hosting the
+                                          network (L3 agent for routers): run one Envoy per agent host
+                                          with node.id = that host name (neutron's "host" option).
+  --source neutron --neutron-mode all     every network with a DHCP-enabled subnet, on --node-id.
+  --source netns                          the qdhcp-/qrouter- namespaces under --netns-dir of this
+                                          host, on --node-id.
+  --source file                           the node ids are the keys of --networks-file.
+An Envoy whose node id has no networks gets the clusters only. Networks added or removed reach the
+Envoys within --poll-interval; if the source fails, the last good configuration stays.
+
+Settings: nova's address and TLS, [metadata_rate_limiting] and [metadata_haproxy] timeouts are read
+from neutron's metadata_agent.ini (--metadata-agent-ini, neutron's defaults without it); --nova-*
+flags override it. Neutron is reached with --os-cloud (clouds.yaml), OS_CLOUD or the OS_* variables,
+or --neutron-url for a noauth Neutron. See docs/xds.md.
+
+Flags:
+`
+
+// Main runs cmd/xds with args (without the program name) until ctx is done.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "bootstrap" {
+		return bootstrapMain(args[1:], stdout, stderr)
+	}
+	var cfg Config
+	fs := newFlagSet(&cfg)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageHead)
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args, stdout); err != nil {
+		if errors.Is(err, errHelpShown) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (the only subcommand is bootstrap)", fs.Args())
+	}
+	recordSet(fs, &cfg)
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	settings, err := cfg.Settings()
+	if err != nil {
+		return fmt.Errorf("invalid settings:\n%w", err)
+	}
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	return run(ctx, cfg, settings, log)
+}
+
+// errHelpShown is returned by parse after printing --help; Main turns it into success.
+var errHelpShown = errors.New("help shown")
+
+// parse parses args; --help prints the usage on stdout.
+func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if slices.Contains([]string{"-h", "-help", "--help", "--h"}, a) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return errHelpShown
+		}
+	}
+	return fs.Parse(args)
+}
+
+func newLogger(cfg Config, w io.Writer) (*slog.Logger, error) {
+	level, err := parseLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// newSource builds the configured network source.
+func newSource(ctx context.Context, cfg Config, log *slog.Logger) (source.Source, error) {
+	switch cfg.SourceKind() {
+	case "file":
+		return source.NewFile(cfg.NetworksFile, cfg.NetnsDir), nil
+	case "netns":
+		return source.NewNamespaces(cfg.NetnsDir, cfg.NodeID, cfg.Routers, log.With("source", "netns"))
+	default:
+		client, err := osclient.NewNetworkClient(ctx, osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: 30 * time.Second})
+		if err != nil {
+			return nil, fmt.Errorf("neutron client: %w", err)
+		}
+		return source.NewNeutron(client, source.NeutronOptions{
+			Mode: source.NeutronMode(cfg.NeutronMode), NodeID: cfg.NodeID,
+			Networks: true, Routers: cfg.Routers, NetnsDir: cfg.NetnsDir,
+		})
+	}
+}
+
+func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog.Logger) error {
+	shared, err := translate.NewShared(settings)
+	if err != nil {
+		return err
+	}
+	src, err := newSource(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	snaps := serve.NewSnapshots(log)
+	cb := serve.NewCallbacks(log)
+	poller := &serve.Poller{Source: src, Shared: shared, Snapshots: snaps, Interval: cfg.PollInterval, Log: log}
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for xds: %w", err)
+	}
+	log.Info("starting xds", "source", cfg.SourceKind(), "poll_interval", cfg.PollInterval,
+		"nova", settings.Nova.Hosts, "nova_protocol", settings.Nova.Protocol, "extproc", settings.ExtProc.Address,
+		"rate_limit", settings.RateLimit.Enabled)
+
+	errc := make(chan error, 3)
+	running := 0
+	start := func(f func() error) { running++; go func() { errc <- f() }() }
+	start(func() error { return poller.Run(ctx) })
+	start(func() error { return serve.Serve(ctx, serve.NewGRPCServer(ctx, snaps, cb), lis, log) })
+	if cfg.AdminListen != "" {
+		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, cb), ReadHeaderTimeout: 5 * time.Second}
+		adminLis, err := net.Listen("tcp", cfg.AdminListen)
+		if err != nil {
+			cancel()
+			for ; running > 0; running-- {
+				<-errc
+			}
+			return fmt.Errorf("listen for admin: %w", err)
+		}
+		start(func() error {
+			go func() { <-ctx.Done(); admin.Close() }()
+			if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("admin server: %w", err)
+			}
+			return nil
+		})
+	}
+	var first error
+	for ; running > 0; running-- {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel()
+		} else if first == nil {
+			cancel() // one part ended: stop the others
+		}
+	}
+	log.Info("xds stopped")
+	return first
+}
+
+// adminMux serves /healthz (process up), /readyz (snapshots reflect a successful poll) and /metrics
+// (plain counters in the Prometheus text format). Kept in one function so that instrumentation can
+// replace it.
+func adminMux(p *serve.Poller, cb *serve.Callbacks) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "no successful poll of the network source yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		st := cb.Stats()
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintf(w, "# TYPE metaproxy_xds_acks_total counter\nmetaproxy_xds_acks_total %d\n", st.ACKs)
+		fmt.Fprintf(w, "# TYPE metaproxy_xds_nacks_total counter\nmetaproxy_xds_nacks_total %d\n", st.NACKs)
+		fmt.Fprintf(w, "# TYPE metaproxy_xds_streams gauge\nmetaproxy_xds_streams %d\n", st.Streams)
+		fmt.Fprintf(w, "# TYPE metaproxy_xds_connected_nodes gauge\nmetaproxy_xds_connected_nodes %d\n", len(st.Nodes))
+		fmt.Fprintf(w, "# TYPE metaproxy_xds_poll_failures_total counter\nmetaproxy_xds_poll_failures_total %d\n", p.Failures())
+	})
+	return mux
+}
