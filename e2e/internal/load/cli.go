@@ -29,7 +29,7 @@ Usage:
       every VM fetches cloud-init's paths at the same instant; counts Neutron port lookups.
   loadgen upstream --listen 127.0.0.1:PORT       trivial fast upstream in place of nova
   loadgen neutron-counter --listen ADDR --upstream URL
-      reverse proxy in front of Neutron counting port lookups (`+CounterPath+`)
+      reverse proxy in front of Neutron counting port lookups (` + CounterPath + `)
   loadgen gen-ports --ports 100000 --networks 100 --out FILE
   loadgen gen-networks --networks 10000 --node NODE --out FILE
 `
@@ -292,4 +292,3 @@ func intList(s string) ([]int, error) {
 	}
 	return out, nil
 }
-

@@ -23,9 +23,9 @@ import (
 // Target is one VM as a listener sees it: the listener's scope (network or router id, sent as gRPC
 // initial metadata the way cmd/xds configures it) and the VM address (the source.address attribute).
 type Target struct {
-	Router bool   // router mode: the id goes in x-metaproxy-router-id
+	Router  bool   // router mode: the id goes in x-metaproxy-router-id
 	ScopeID string // Neutron network (or router) id
-	Addr   netip.Addr
+	Addr    netip.Addr
 }
 
 // ExtProcOptions configures RunExtProc.
