@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xds/translate"
 )
 
@@ -308,5 +309,19 @@ func TestMainServesNetworksFile(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz = %d, want 200 after the first poll", resp.StatusCode)
+	}
+}
+
+func TestExampleNetworksFileParses(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "envoy", "networks.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := source.ParseNetworks(raw, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 3 || len(nodes["compute-1"]) != 3 || nodes["compute-1"][0].Interface == "" && nodes["compute-1"][1].Interface == "" {
+		t.Errorf("example parsed as %+v", nodes)
 	}
 }
