@@ -1,0 +1,135 @@
+//go:build e2e
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/metaproxy/metaproxy/e2e/internal/load"
+)
+
+// memRow is one RSS measurement.
+type memRow struct {
+	what     string
+	startKiB int64
+	rssKiB   int64
+	hwmKiB   int64
+}
+
+// report collects the results and renders them.
+type report struct {
+	started    time.Time
+	machine    string
+	dataPlane  string
+	opts       options
+	counterURL string
+	mpNova     *metaproxy
+
+	warm       load.Result
+	decisions  [][2]load.Result // floor, cmd/extproc
+	extprocRSS memRow
+	xdsRSS     memRow
+	nova       [3]load.Result // direct, incumbent, metaproxy
+	trivial    [3]load.Result
+	storm      [2]load.Result // incumbent, metaproxy
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func httpRow(sb *strings.Builder, r load.Result, vsDirect, vsInc string) {
+	fmt.Fprintf(sb, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, r.PerSecond, load.Ms(r.P50), load.Ms(r.P90),
+		load.Ms(r.P99), load.Ms(r.Max), r.ErrorString(), vsDirect, vsInc)
+}
+
+func (r *report) markdown() string {
+	var sb strings.Builder
+	loadEnd, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&sb, "## Side-by-side run of %s\n\n", r.started.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&sb, "- Machine: %s; load average at the end %s.\n", r.machine, strings.Join(strings.Fields(string(loadEnd))[:3], " "))
+	fmt.Fprintf(&sb, "- Data plane of metaproxy: **%s**.\n", r.dataPlane)
+	fmt.Fprintf(&sb, "- HTTP load: loadgen http, %d keep-alive connections, %s per run, GET %s from one VM namespace per chain (nova direct: from the host with signed headers). The load client shares the CPUs with everything it measures.\n\n",
+		r.opts.concurrency, r.opts.duration, metaPath)
+
+	sections := []struct {
+		title string
+		res   [3]load.Result
+	}{{"(a) Whole path, real nova metadata API behind both chains", r.nova}, {"(b) Proxy overhead, trivial upstream in place of nova", r.trivial}}
+	for _, s := range sections {
+		d, i, m := s.res[0], s.res[1], s.res[2]
+		fmt.Fprintf(&sb, "### %s\n\n", s.title)
+		sb.WriteString("| path | req/s | p50 | p90 | p99 | max | errors | req/s vs direct | req/s vs incumbent |\n|---|---|---|---|---|---|---|---|---|\n")
+		httpRow(&sb, d, "1.00", "-")
+		httpRow(&sb, i, ratio(i.PerSecond, d.PerSecond), "1.00")
+		httpRow(&sb, m, ratio(m.PerSecond, d.PerSecond), ratio(m.PerSecond, i.PerSecond))
+		sb.WriteString("\n")
+	}
+	d, i, m := r.nova[0], r.nova[1], r.nova[2]
+	ti, tm := r.trivial[1], r.trivial[2]
+	added := m.P99 - d.P99
+	sb.WriteString("### Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
+	fmt.Fprintf(&sb, "| (a) metaproxy >= 90%% of nova-direct req/s (incumbent: ~35%%) | metaproxy %.0f%%, incumbent %.0f%% | %s |\n",
+		100*m.PerSecond/d.PerSecond, 100*i.PerSecond/d.PerSecond, verdict(m.PerSecond >= 0.9*d.PerSecond))
+	fmt.Fprintf(&sb, "| (a) metaproxy p99 <= nova-direct p99 + 1 ms | %s vs %s (%+.2f ms) | %s |\n", load.Ms(m.P99), load.Ms(d.P99),
+		float64(added)/float64(time.Millisecond), verdict(added <= time.Millisecond))
+	fmt.Fprintf(&sb, "| (b) metaproxy >= 20x incumbent req/s | %sx | %s |\n", ratio(tm.PerSecond, ti.PerSecond), verdict(tm.PerSecond >= 20*ti.PerSecond))
+	fmt.Fprintf(&sb, "| (b) metaproxy p99 <= 1/20 of incumbent p99 | 1/%s | %s |\n", ratio(float64(ti.P99), float64(tm.P99)), verdict(20*tm.P99 <= ti.P99))
+	si, sm := r.storm[0], r.storm[1]
+	vms := r.opts.stormVMs
+	fmt.Fprintf(&sb, "| boot storm: Neutron port lookups <= VMs (%d) | metaproxy %d | %s |\n", vms, sm.Lookups, verdict(sm.Lookups >= 0 && sm.Lookups <= int64(vms)))
+	if len(r.decisions) > 0 {
+		e1 := r.decisions[0][1]
+		fmt.Fprintf(&sb, "| decision p99 < 0.5 ms warm (1 stream) | %s | %s |\n", load.Ms(e1.P99), verdict(e1.P99 < 500*time.Microsecond))
+		best := 0.0
+		worst := 10.0
+		for _, p := range r.decisions {
+			best = max(best, p[1].PerSecond)
+			worst = min(worst, p[1].PerSecond/p[0].PerSecond)
+		}
+		fmt.Fprintf(&sb, "| > 20k decisions/s per core | best %.0f/s on 2 cores shared with the client (%.0f/core) | %s |\n", best, best/2, verdict(best/2 > 20000))
+		fmt.Fprintf(&sb, "| decisions >= 80%% of the floor at every concurrency | worst %.0f%% | %s |\n", 100*worst, verdict(worst >= 0.8))
+	}
+	fmt.Fprintf(&sb, "| < 100 MiB RSS with 100k cached ports | %.1f MiB | %s |\n", mib(r.extprocRSS.rssKiB), verdict(mib(r.extprocRSS.rssKiB) < 100))
+	sb.WriteString("\n")
+
+	fmt.Fprintf(&sb, "### Boot storm: %d VMs per chain at once, each fetching cloud-init's %d paths on new connections (real nova)\n\n", vms, len(load.CloudInitPaths))
+	sb.WriteString("| chain | requests | wall time | req/s | p50 | p99 | max | errors | Neutron port lookups |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range []load.Result{si, sm} {
+		lk := "not counted (the agent asks neutron-server over RPC)"
+		if s.Lookups >= 0 {
+			lk = fmt.Sprint(s.Lookups)
+		}
+		fmt.Fprintf(&sb, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s |\n", s.Name, s.Requests, s.Elapsed.Round(time.Millisecond),
+			s.PerSecond, load.Ms(s.P50), load.Ms(s.P99), load.Ms(s.Max), s.ErrorString(), lk)
+	}
+	sb.WriteString("\n### ext_proc decisions: cmd/extproc (100k ports cached, 1000 cycled) vs the floor server, same Envoy-exact gRPC client, UNIX socket, one stream per request\n\n")
+	sb.WriteString("| streams | floor /s | floor p50 | floor p99 | cmd/extproc /s | p50 | p90 | p99 | max | errors | extproc/floor |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, p := range r.decisions {
+		f, e := p[0], p[1]
+		fmt.Fprintf(&sb, "| %d | %.0f | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", e.Concurrency, f.PerSecond, load.Ms(f.P50), load.Ms(f.P99),
+			e.PerSecond, load.Ms(e.P50), load.Ms(e.P90), load.Ms(e.P99), load.Ms(e.Max), e.ErrorString(), ratio(e.PerSecond, f.PerSecond))
+	}
+	fmt.Fprintf(&sb, "\nWarm-up (every one of the 100k ports looked up once, 32 streams): %d requests, %.0f/s, p99 %s, errors %s.\n\n",
+		r.warm.Requests, r.warm.PerSecond, load.Ms(r.warm.P99), r.warm.ErrorString())
+	sb.WriteString("### Memory\n\n| process | VmRSS | VmHWM (peak) |\n|---|---|---|\n")
+	e := r.extprocRSS
+	fmt.Fprintf(&sb, "| %s (%.1f MiB before the warm-up) | %.1f MiB | %.1f MiB |\n", e.what, mib(e.startKiB), mib(e.rssKiB), mib(e.hwmKiB))
+	fmt.Fprintf(&sb, "| %s | %.1f MiB | %.1f MiB |\n\n", r.xdsRSS.what, mib(r.xdsRSS.rssKiB), mib(r.xdsRSS.hwmKiB))
+	return sb.String()
+}
+
+func mib(kib int64) float64 { return float64(kib) / 1024 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# metaproxy's benchmarks in one command (`make bench`), as root on a machine with the e2e packages
+# (`make deps`): Go micro-benchmarks of the hot paths, then the side-by-side run against the
+# incumbent neutron-metadata-agent (e2e/bench). Writes bench-results/ (raw output + report.md).
+# Env: ENVOY_BIN (measure the real Envoy instead of the e2e stand-in), BENCH_DURATION (10s),
+# BENCH_CONCURRENCY (10), BENCH_STORM_VMS (20), BENCH_TIME (Go benchtime, 1s), BENCH_SKIP_GO=1,
+# BENCH_SKIP_SIDE=1, OUT (bench-results).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+GO=${GO:-go}
+OUT=${OUT:-bench-results}
+mkdir -p "$OUT"
+BIN=$(mktemp -d /tmp/metaproxy-bench-bin.XXXXXX)
+trap 'rm -rf "$BIN"' EXIT
+
+echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
+  echo "== Go benchmarks (decision hot path, coalesced miss, signing, header mutation, 10k-network snapshot)"
+  $GO test -run '^$' -benchmem -benchtime "${BENCH_TIME:-1s}" -count 1 \
+    -bench 'BenchmarkDecideHit|BenchmarkLookupHit|BenchmarkLookupMissCoalesced|BenchmarkSign|BenchmarkHeaderMutation|BenchmarkSnapshot10kNetworks' \
+    ./pkg/decide ./pkg/portcache ./pkg/sign ./pkg/xds/serve ./e2e/internal/load | tee "$OUT/go-bench.txt"
+fi
+
+if [ "${BENCH_SKIP_SIDE:-0}" != 1 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "the side-by-side run needs root (namespaces, neutron)"; exit 1; fi
+  echo "== building"
+  CGO_ENABLED=0 $GO build -trimpath -o "$BIN/" ./cmd/extproc ./cmd/xds ./e2e/cmd/standin ./e2e/cmd/loadgen
+  echo "== side by side (takes ~4 minutes)"
+  $GO run -tags e2e ./e2e/bench --bin "$BIN" \
+    --duration "${BENCH_DURATION:-10s}" --concurrency "${BENCH_CONCURRENCY:-10}" \
+    --storm-vms "${BENCH_STORM_VMS:-20}" --out "$OUT/report.md" 2> "$OUT/bench.log" || {
+      echo "side-by-side run failed; last lines of $OUT/bench.log:"; tail -30 "$OUT/bench.log"; exit 1; }
+  echo "report: $OUT/report.md"
+fi
