@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/metaproxy/metaproxy/pkg/osclient"
+	"github.com/metaproxy/metaproxy/pkg/version"
 	"github.com/metaproxy/metaproxy/pkg/xds/serve"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xds/translate"
@@ -58,6 +59,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var cfg Config
 	fs := newFlagSet(&cfg)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageHead)
@@ -68,6 +70,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return nil
 		}
 		return err
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "xds", version.String())
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q (the only subcommand is bootstrap)", fs.Args())
