@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"time"
 
@@ -37,7 +38,9 @@ name by default). xds maps networks to node ids as follows:
   --source neutron --neutron-mode agents  node id = the host of the Neutron DHCP agent hosting the
                                           network (L3 agent for routers): run one Envoy per agent host
                                           with node.id = that host name (neutron's "host" option).
-  --source neutron --neutron-mode all     every network with a DHCP-enabled subnet, on --node-id.
+  --source neutron --neutron-mode all     every network with a DHCP-enabled subnet, on --node-id; when
+                                          --netns-dir exists on this host, a network is served once
+                                          its qdhcp namespace exists here (and gets its IPv6 listener).
   --source netns                          the qdhcp-/qrouter- namespaces under --netns-dir of this
                                           host, on --node-id.
   --source file                           the node ids are the keys of --networks-file.
@@ -135,9 +138,13 @@ func newSource(ctx context.Context, cfg Config, log *slog.Logger) (source.Source
 		if err != nil {
 			return nil, fmt.Errorf("neutron client: %w", err)
 		}
+		// In mode all, xds normally runs on the one node that serves everything: when the namespace
+		// directory is here, follow it (serve a network once its qdhcp namespace exists).
+		fi, statErr := os.Stat(cfg.NetnsDir)
+		local := source.NeutronMode(cfg.NeutronMode) == source.ModeAll && statErr == nil && fi.IsDir()
 		return source.NewNeutron(client, source.NeutronOptions{
 			Mode: source.NeutronMode(cfg.NeutronMode), NodeID: cfg.NodeID,
-			Networks: true, Routers: cfg.Routers, NetnsDir: cfg.NetnsDir,
+			Networks: true, Routers: cfg.Routers, NetnsDir: cfg.NetnsDir, LocalNamespaces: local,
 		})
 	}
 }

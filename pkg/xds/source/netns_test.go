@@ -126,3 +126,26 @@ func TestNamespacesSkipsWhatIsNotANamespace(t *testing.T) {
 		t.Errorf("missing dir: %v, %v; want an empty node", nodes, err)
 	}
 }
+
+// TestNeutronAllLocalNamespaces: on the one node of mode all, a network is served once its qdhcp
+// namespace exists here, with the interface that holds fe80::a9fe:a9fe for its IPv6 listener.
+func TestNeutronAllLocalNamespaces(t *testing.T) {
+	addNetns(t, "qdhcp-"+netA)
+	ip(t, "-n", "qdhcp-"+netA, "link", "add", "tapa0", "type", "veth", "peer", "name", "tapa1")
+	ip(t, "-n", "qdhcp-"+netA, "link", "set", "tapa0", "up")
+	ip(t, "-n", "qdhcp-"+netA, "link", "set", "tapa1", "up")
+	ip(t, "-n", "qdhcp-"+netA, "addr", "add", "fe80::a9fe:a9fe/64", "dev", "tapa0", "nodad")
+	src, err := NewNeutron(fakeNeutron(t, nil), NeutronOptions{Mode: ModeAll, NodeID: "lab", Networks: true, LocalNamespaces: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := src.Networks(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := nw(netA)
+	want.Interface = "tapa0"
+	if len(got["lab"]) != 1 || got["lab"][0] != want {
+		t.Fatalf("networks %+v; want only %+v (network B has no namespace here)", got["lab"], want)
+	}
+}

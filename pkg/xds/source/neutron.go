@@ -42,6 +42,9 @@ type NeutronOptions struct {
 	Networks, Routers bool
 	// NetnsDir is where the agents' namespaces live on the nodes (DefaultNetnsDir when empty).
 	NetnsDir string
+	// LocalNamespaces, in ModeAll, says the namespaces live on this host (xds runs on the one node
+	// that serves everything): see keepLocal.
+	LocalNamespaces bool
 }
 
 // Neutron asks Neutron which networks and routers each node serves.
@@ -179,5 +182,25 @@ func (n *Neutron) all(ctx context.Context, nodes Nodes) error {
 			n.add(nodes, node, resolve.KindRouter, r.ID)
 		}
 	}
+	if n.opts.LocalNamespaces {
+		n.keepLocal(nodes, node)
+	}
 	return nil
+}
+
+// keepLocal applies what this host's namespaces say: a network whose namespace the DHCP (or L3)
+// agent has not created yet is left out until it exists, since Envoy cannot bind a listener in a
+// missing namespace, and the interface holding fe80::a9fe:a9fe is read from it so that the IPv6
+// listener can be bound.
+func (n *Neutron) keepLocal(nodes Nodes, node string) {
+	kept := nodes[node][:0]
+	for _, nw := range nodes[node] {
+		iface, err := metadataInterface(nw.NamespacePath)
+		if err != nil {
+			continue
+		}
+		nw.Interface = iface
+		kept = append(kept, nw)
+	}
+	nodes[node] = kept
 }
