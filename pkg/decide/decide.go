@@ -11,10 +11,14 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/metaproxy/metaproxy/pkg/portcache"
@@ -48,6 +52,9 @@ type Decision struct {
 	Outcome  portcache.Outcome
 	Status   int   // 200 when the request goes on to nova signed; else the status answered
 	Err      error // why, when Status is not 200
+	// TraceID is the trace the request belongs to: the decision span's when tracing, else (for
+	// decisions that are not 200 only) the one Envoy propagated, if any. Zero when unknown.
+	TraceID trace.TraceID
 }
 
 // answer is what the cache keeps per (scope, address): the instance and its ready-made response.
@@ -61,12 +68,44 @@ type Decider struct {
 	cache  *portcache.Cache[answer]
 	signer *sign.Signer
 	log    *slog.Logger
+	limit  *logLimiter
+
+	// Telemetry, all optional (see Option).
+	tracer          trace.Tracer // nil: no spans, no trace-context extraction on the hot path
+	prop            propagation.TextMapPropagator
+	metricsProvider metric.MeterProvider
+	source          string
+	metrics         *metrics // nil: no metrics
+	logLimit        LogLimit
 }
 
 // New returns a Decider that resolves through r (cached with opt), signs with s and logs every
-// request that is not forwarded to nova on log.
-func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Logger) (*Decider, error) {
-	d := &Decider{signer: s, log: log}
+// request that is not forwarded to nova on log (rate-limited). Options add tracing and metrics.
+func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Logger, opts ...Option) (*Decider, error) {
+	d := &Decider{signer: s, log: log, prop: propagation.TraceContext{}, logLimit: DefaultLogLimit()}
+	for _, o := range opts {
+		o(d)
+	}
+	d.limit = newLogLimiter(d.logLimit)
+	if d.metricsProvider != nil {
+		size := opt.Size
+		if size <= 0 {
+			size = portcache.DefaultSize
+		}
+		m, err := newMetrics(d.metricsProvider, d.source, func() int { return d.CacheLen() }, size)
+		if err != nil {
+			return nil, fmt.Errorf("decision metrics: %w", err)
+		}
+		d.metrics = m
+		r = instrumentedResolver{r: r, m: m}
+		onEvict := opt.OnEvict
+		opt.OnEvict = func() {
+			m.evictions.Add(1)
+			if onEvict != nil {
+				onEvict()
+			}
+		}
+	}
 	c, err := portcache.New(r, d.build, opt)
 	if err != nil {
 		return nil, err
@@ -83,24 +122,68 @@ func (d *Decider) CacheLen() int { return d.cache.Len() }
 func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 	resp, dec := d.Decide(ctx, md, req)
 	if dec.Status != http.StatusOK {
-		level := slog.LevelInfo
-		if dec.Status >= 500 {
-			level = slog.LevelWarn
-		}
-		d.log.LogAttrs(ctx, level, "metadata request not forwarded", dec.LogAttrs()...)
+		d.logNotForwarded(ctx, &dec)
 	}
 	return resp
 }
 
+// logNotForwarded writes the line of a decision that is not 200, unless the rate limit drops it.
+func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
+	key := strconv.Itoa(dec.Status)
+	if dec.Query.Scope.ID != "" {
+		key = dec.Query.Scope.String() + " " + dec.Query.Addr.String()
+	}
+	ok, dropped := d.limit.allow(key)
+	if !ok {
+		if d.metrics != nil {
+			d.metrics.suppressed.Add(ctx, 1)
+		}
+		return
+	}
+	level := slog.LevelInfo
+	if dec.Status >= 500 {
+		level = slog.LevelWarn
+	}
+	attrs := dec.LogAttrs()
+	if dropped > 0 {
+		attrs = append(attrs, slog.Uint64("suppressed", dropped))
+	}
+	d.log.LogAttrs(ctx, level, "metadata request not forwarded", attrs...)
+}
+
 // Decide answers one request_headers message and says what it decided.
 func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+	var start time.Time
+	if d.metrics != nil {
+		start = time.Now()
+	}
+	var span trace.Span
+	if d.tracer != nil {
+		ctx, span = d.startDecision(ctx, md, req)
+	}
+	resp, dec := d.decide(ctx, md, req)
+	switch {
+	case span != nil:
+		dec.TraceID = span.SpanContext().TraceID()
+		endDecision(span, &dec)
+	case dec.Status != http.StatusOK:
+		// No span, but the line logged for this decision can still name Envoy's trace.
+		dec.TraceID = trace.SpanContextFromContext(d.extract(ctx, md, req)).TraceID()
+	}
+	if d.metrics != nil {
+		d.metrics.record(ctx, &dec, time.Since(start))
+	}
+	return resp, dec
+}
+
+func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
 	q, err := request.Decode(md, req)
 	if err != nil {
 		var re *request.Error
 		errors.As(err, &re)
 		return Immediate(re.Status, re.Message), Decision{Status: re.Status, Err: err}
 	}
-	a, outcome, err := d.cache.Lookup(ctx, q)
+	a, outcome, err := d.lookup(ctx, q)
 	dec := Decision{Query: q, Outcome: outcome}
 	if err == nil {
 		dec.Instance, dec.Status = a.inst, http.StatusOK
@@ -182,6 +265,9 @@ func (d Decision) LogAttrs() []slog.Attr {
 	}
 	if d.Err != nil {
 		attrs = append(attrs, slog.String("error", d.Err.Error()))
+	}
+	if d.TraceID.IsValid() {
+		attrs = append(attrs, slog.String("trace_id", d.TraceID.String()))
 	}
 	return attrs
 }

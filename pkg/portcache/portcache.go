@@ -50,13 +50,16 @@ func (o Outcome) String() string {
 	}
 }
 
+// DefaultSize is the number of entries a Cache holds when Options.Size is not set.
+const DefaultSize = 100000
+
 // Options tune a Cache. Zero values take the defaults.
 type Options struct {
 	TTL               time.Duration // positive answers; default 10s
 	NegativeTTL       time.Duration // not found / ambiguous; default 2s
 	StaleWindow       time.Duration // how long past TTL an answer may stand in for an unavailable source; default 5m
 	RetryAfterFailure time.Duration // after a failed refresh, serve stale without asking again for this long; default 1s
-	Size              int           // maximum entries (LRU); default 100000
+	Size              int           // maximum entries (LRU); default DefaultSize
 	// OnEvict is called (with the cache's lock held: keep it cheap) when the LRU evicts an entry to make room.
 	OnEvict func()
 	// Now is the clock; tests replace it.
@@ -79,7 +82,7 @@ func (o *Options) setDefaults() {
 		o.RetryAfterFailure = time.Second
 	}
 	if o.Size <= 0 {
-		o.Size = 100000
+		o.Size = DefaultSize
 	}
 	if o.Now == nil {
 		o.Now = time.Now
