@@ -151,6 +151,11 @@ func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, err
 	}
 
 	ch := c.group.DoChan(flightKey(k), func() (any, error) {
+		// Another flight for k may have finished between the Get above and this one starting:
+		// its answer is fresh, and asking again would cost Neutron a second lookup.
+		if e, ok := c.lru.Peek(k); ok && c.opt.Now().Before(e.expires) {
+			return result[V]{val: e.val, outcome: Hit, err: e.err}, nil
+		}
 		return c.refresh(ctx, q, k), nil
 	})
 	select {
