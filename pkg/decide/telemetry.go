@@ -208,7 +208,10 @@ func newMetrics(mp metric.MeterProvider, source string, cacheLen func() int, cap
 	m.resultOpts = map[string][]metric.AddOption{}
 	for _, r := range []string{ResultFound, ResultNotFound, ResultAmbiguous, ResultError} {
 		m.resultOpts[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(src, attribute.String("result", r)))}
+		// Exported from the start, so that the first error is an increase alerts can see.
+		m.resolves.Add(context.Background(), 0, m.resultOpts[r]...)
 	}
+	m.suppressed.Add(context.Background(), 0)
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for oi := range outcomeNames {
 			var total uint64

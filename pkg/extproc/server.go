@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -33,11 +34,51 @@ type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 	proc Processor
 	log  *slog.Logger
+
+	inFlight metric.Int64UpDownCounter // nil: not measured
+	streams  metric.Int64Counter
 }
 
-// NewServer returns a Server that answers with proc.
-func NewServer(proc Processor, log *slog.Logger) *Server {
-	return &Server{proc: proc, log: log}
+// MetricStreamsInFlight and MetricStreams are the metrics a Server with WithMetrics exports.
+const (
+	MetricStreamsInFlight = "metaproxy_extproc_streams_in_flight"
+	MetricStreams         = "metaproxy_extproc_streams_total"
+)
+
+// ServerOption configures a Server.
+type ServerOption func(*Server) error
+
+// WithMetrics counts streams on mp: those open now (MetricStreamsInFlight) and all that were
+// opened (MetricStreams).
+func WithMetrics(mp metric.MeterProvider) ServerOption {
+	return func(s *Server) error {
+		meter := mp.Meter("github.com/metaproxy/metaproxy/pkg/extproc")
+		var err1, err2 error
+		s.inFlight, err1 = meter.Int64UpDownCounter("metaproxy.extproc.streams.in_flight", metric.WithUnit("{stream}"),
+			metric.WithDescription("ext_proc streams (one per VM request) open now."))
+		s.streams, err2 = meter.Int64Counter("metaproxy.extproc.streams", metric.WithUnit("{stream}"),
+			metric.WithDescription("ext_proc streams (one per VM request) opened by Envoy."))
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		// Export both from the start, so that the first stream is a change a rate() can see.
+		s.inFlight.Add(context.Background(), 0)
+		s.streams.Add(context.Background(), 0)
+		return nil
+	}
+}
+
+// NewServer returns a Server that answers with proc. An option that fails (an instrument that
+// cannot be created) is logged and skipped: metrics never stop the service.
+func NewServer(proc Processor, log *slog.Logger, opts ...ServerOption) *Server {
+	s := &Server{proc: proc, log: log}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			log.Error("ext_proc server option", "error", err)
+			s.inFlight, s.streams = nil, nil
+		}
+	}
+	return s
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -47,6 +88,11 @@ var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 // acknowledged unchanged so the request is neither stalled nor altered.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
+	if s.inFlight != nil {
+		s.streams.Add(ctx, 1)
+		s.inFlight.Add(ctx, 1)
+		defer s.inFlight.Add(context.WithoutCancel(ctx), -1)
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	for {
 		req, err := stream.Recv()

@@ -16,8 +16,12 @@ import (
 	"time"
 
 	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"github.com/metaproxy/metaproxy/pkg/version"
 )
+
+// ServiceName is the OpenTelemetry service.name of cmd/extproc (OTEL_SERVICE_NAME overrides it).
+const ServiceName = "metaproxy-extproc"
 
 const usageHead = `extproc: the metaproxy ext_proc service.
 
@@ -32,6 +36,10 @@ Usage:
   extproc resolve --network ID --ip ADDR [flags]
                                         print what a VM at ADDR would be signed as
   extproc --version
+
+Observability: /metrics, /healthz and /readyz on --admin-listen. Traces are exported over OTLP
+when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, with
+OTEL_EXPORTER_OTLP_PROTOCOL grpc or http/protobuf (default); see docs/observability.md.
 
 Port source (choose one): --ports-file, Neutron (--os-cloud, --neutron-url, or $OS_CLOUD / OS_*), --demo.
 Shared secret: --secret-file, else $METAPROXY_SHARED_SECRET, else metadata_proxy_shared_secret
@@ -66,37 +74,54 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	w, err := wire(ctx, cfg, log, true)
+	tel, err := telemetry.New(ctx, telemetry.Options{ServiceName: ServiceName, Version: version.String()})
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, w, log)
+	defer func() {
+		// Flush the last spans; bounded so that an unreachable collector cannot hold the exit.
+		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(shut); err != nil {
+			log.Warn("telemetry shutdown", "error", err)
+		}
+	}()
+	w, err := wire(ctx, cfg, log, true, tel)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, w, tel, log)
 }
 
-func serve(ctx context.Context, cfg Config, w *wiring, log *slog.Logger) error {
+func serve(ctx context.Context, cfg Config, w *wiring, tel *telemetry.Telemetry, log *slog.Logger) error {
 	l, err := extproc.Listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
-	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log))
+	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider)))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
-		w.ready.watch(ctx, func() {
-			extproc.SetServing(health, true)
-			log.Info("ready: serving ext_proc", "listen", cfg.Listen)
+		w.ready.watch(ctx, func(ready bool, why string) {
+			extproc.SetServing(health, ready)
+			if ready {
+				log.Info("ready: serving ext_proc", "listen", cfg.Listen)
+			} else {
+				log.Warn("not ready: gRPC health NOT_SERVING", "reason", why)
+			}
 		})
 	})
 	wg.Go(func() { errc <- extproc.Serve(ctx, g, l) })
 	if cfg.AdminListen != "" {
-		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(w.ready), ReadHeaderTimeout: 5 * time.Second}
+		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(w.ready, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() { errc <- serveHTTP(ctx, admin) })
 	}
 	log.Info("extproc started", "version", version.String(), "listen", cfg.Listen, "admin", cfg.AdminListen,
-		"source", w.source, "secret_from", w.secretFrom, "cache_ttl", cfg.Cache.TTL, "stale_window", cfg.Cache.StaleWindow)
+		"source", w.source, "secret_from", w.secretFrom, "cache_ttl", cfg.Cache.TTL, "stale_window", cfg.Cache.StaleWindow,
+		"tracing", tracingState(tel))
 
 	var first error
 	select {
@@ -109,8 +134,16 @@ func serve(ctx context.Context, cfg Config, w *wiring, log *slog.Logger) error {
 	return first
 }
 
-func adminMux(r *readiness) *http.ServeMux {
+func tracingState(tel *telemetry.Telemetry) string {
+	if !tel.Tracing {
+		return "off (no OTEL_EXPORTER_OTLP_ENDPOINT)"
+	}
+	return "otlp " + tel.Endpoint
+}
+
+func adminMux(r *readiness, metrics http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if ok, why := r.state(); !ok {

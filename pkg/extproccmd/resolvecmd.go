@@ -63,7 +63,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	w, err := wire(ctx, cfg, log, false)
+	w, err := wire(ctx, cfg, log, false, nil)
 	if err != nil {
 		return err
 	}
