@@ -150,7 +150,9 @@ func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, err
 		}
 	}
 
+	led := false // set by the flight function, which only the caller that started the flight runs
 	ch := c.group.DoChan(flightKey(k), func() (any, error) {
+		led = true
 		// Another flight for k may have finished between the Get above and this one starting:
 		// its answer is fresh, and asking again would cost Neutron a second lookup.
 		if e, ok := c.lru.Peek(k); ok && c.opt.Now().Before(e.expires) {
@@ -162,7 +164,7 @@ func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, err
 	case res := <-ch:
 		got := res.Val.(result[V])
 		o := got.outcome
-		if res.Shared && o == Miss {
+		if !led && o == Miss {
 			o = Coalesced
 		}
 		return got.val, o, got.err

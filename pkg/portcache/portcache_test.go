@@ -184,7 +184,7 @@ func TestConcurrentMissesAreCoalesced(t *testing.T) {
 	if r.calls.Load() != 1 {
 		t.Fatalf("resolver calls = %d for %d concurrent misses, want 1", r.calls.Load(), n)
 	}
-	if count[Miss]+count[Coalesced]+count[Hit] != n || count[Coalesced] == 0 {
+	if count[Miss] != 1 || count[Miss]+count[Coalesced]+count[Hit] != n || count[Coalesced] == 0 {
 		t.Fatalf("outcomes %v", count)
 	}
 }

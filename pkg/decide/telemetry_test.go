@@ -1,0 +1,429 @@
+package decide_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/decide"
+	"github.com/metaproxy/metaproxy/pkg/osclient"
+	"github.com/metaproxy/metaproxy/pkg/portcache"
+	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/sign"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
+)
+
+const (
+	tNet      = "6a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9"
+	tVM       = "0a1b2c3d-0000-4000-8000-000000000001"
+	tProject  = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
+	tSecret   = "s3cr3t"
+	tVMSig    = "5620efe30f91e1e5d1f6ce3eeb1d755eef49aee6a3b9a627f7130508a61d5aaa"
+	neutronGE = "neutron GET /v2.0/ports"
+)
+
+// fakeNeutron answers GET /v2.0/ports like Neutron: 10.0.0.5 is tVM's port on tNet, 10.0.0.99
+// makes Neutron fail with a 500, anything else has no port. gate, when set, holds every answer
+// until it is closed; arrived is told of each request.
+type fakeNeutron struct {
+	gate    chan struct{}
+	arrived chan struct{}
+	mu      sync.Mutex
+	headers []http.Header
+}
+
+func (f *fakeNeutron) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.headers = append(f.headers, r.Header.Clone())
+	f.mu.Unlock()
+	if f.arrived != nil {
+		f.arrived <- struct{}{}
+	}
+	if f.gate != nil {
+		<-f.gate
+	}
+	q := r.URL.Query()
+	w.Header().Set("Content-Type", "application/json")
+	switch {
+	case r.URL.Path != "/v2.0/ports" || q.Get("network_id") != tNet:
+		http.Error(w, `{"NeutronError": {"message": "bad query"}}`, http.StatusBadRequest)
+	case q.Get("fixed_ips") == "ip_address=10.0.0.99":
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprint(w, `{"NeutronError": {"message": "database is down"}}`)
+	case q.Get("fixed_ips") == "ip_address=10.0.0.5":
+		json.NewEncoder(w).Encode(map[string]any{"ports": []map[string]string{{
+			"id": "port1", "device_id": tVM, "project_id": tProject, "tenant_id": tProject, "network_id": tNet}}})
+	default:
+		fmt.Fprint(w, `{"ports": []}`)
+	}
+}
+
+// traced is a Decider resolving through the real Neutron resolver, over an otelhttp transport, to
+// a fake Neutron, with every span recorded.
+type traced struct {
+	d       *decide.Decider
+	rec     *tracetest.SpanRecorder
+	neutron *fakeNeutron
+	logs    *bytes.Buffer
+}
+
+func newTraced(t *testing.T, neutron *fakeNeutron) *traced {
+	t.Helper()
+	srv := httptest.NewServer(neutron)
+	t.Cleanup(srv.Close)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	prop := telemetry.Propagator()
+	client, err := osclient.NewNetworkClient(context.Background(), osclient.Options{
+		NeutronURL: srv.URL, Transport: telemetry.HTTPTransport(nil, tp, prop, "neutron")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := sign.New([]byte(tSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &bytes.Buffer{}
+	d, err := decide.New(resolve.NewNeutron(client, resolve.NeutronOptions{}), s, portcache.Options{}, slog.New(slog.NewTextHandler(logs, nil)),
+		decide.WithTracing(tp, prop))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &traced{d: d, rec: rec, neutron: neutron, logs: logs}
+}
+
+// envoyRequest is the request_headers message for a VM at addr, carrying traceparent as a request
+// header when it is not empty.
+func envoyRequest(addr, traceparent string) *extprocv3.ProcessingRequest {
+	hs := []*corev3.HeaderValue{
+		{Key: ":path", RawValue: []byte("/openstack/latest/meta_data.json")},
+		{Key: ":method", RawValue: []byte("GET")},
+	}
+	if traceparent != "" {
+		hs = append(hs, &corev3.HeaderValue{Key: "traceparent", RawValue: []byte(traceparent)})
+	}
+	return &extprocv3.ProcessingRequest{
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: hs}}},
+		Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
+			contract.SourceAddressAttribute: structpb.NewStringValue(addr + ":41234")}}},
+	}
+}
+
+// traceparent returns a W3C traceparent with the given trace and span ids, sampled.
+func traceparent(traceID, spanID string) string { return "00-" + traceID + "-" + spanID + "-01" }
+
+var mdNet = metadata.Pairs(contract.NetworkIDMetadata, tNet)
+
+// node is a span and its children, for comparing trees.
+type node struct {
+	span     sdktrace.ReadOnlySpan
+	children []*node
+}
+
+// tree returns the spans of traceID as trees (roots first: spans whose parent was not recorded).
+func tree(spans []sdktrace.ReadOnlySpan, traceID trace.TraceID) []*node {
+	nodes := map[trace.SpanID]*node{}
+	for _, s := range spans {
+		if s.SpanContext().TraceID() == traceID {
+			nodes[s.SpanContext().SpanID()] = &node{span: s}
+		}
+	}
+	var roots []*node
+	for _, s := range spans {
+		n, ok := nodes[s.SpanContext().SpanID()]
+		if !ok || s.SpanContext().TraceID() != traceID {
+			continue
+		}
+		if p, ok := nodes[s.Parent().SpanID()]; ok {
+			p.children = append(p.children, n)
+		} else {
+			roots = append(roots, n)
+		}
+	}
+	return roots
+}
+
+// shape renders a tree as "name(child(grandchild),child)".
+func shape(n *node) string {
+	var parts []string
+	for _, c := range n.children {
+		parts = append(parts, shape(c))
+	}
+	if len(parts) == 0 {
+		return n.span.Name()
+	}
+	return n.span.Name() + "(" + strings.Join(parts, ",") + ")"
+}
+
+func attrs(s sdktrace.ReadOnlySpan) map[attribute.Key]string {
+	m := map[attribute.Key]string{}
+	for _, kv := range s.Attributes() {
+		m[kv.Key] = kv.Value.Emit()
+	}
+	return m
+}
+
+// checkNoSecrets fails if the secret or a signature is in any attribute or event of any span.
+func checkNoSecrets(t *testing.T, spans []sdktrace.ReadOnlySpan) {
+	t.Helper()
+	for _, s := range spans {
+		var all []attribute.KeyValue
+		all = append(all, s.Attributes()...)
+		for _, e := range s.Events() {
+			all = append(all, e.Attributes...)
+		}
+		for _, kv := range all {
+			v := kv.Value.Emit()
+			if strings.Contains(v, tSecret) || strings.Contains(v, tVMSig) || strings.EqualFold(string(kv.Key), decide.HeaderSignature) {
+				t.Errorf("span %s: attribute %s=%q holds the secret or the signature", s.Name(), kv.Key, v)
+			}
+		}
+	}
+}
+
+func TestSpans(t *testing.T) {
+	const (
+		traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+		spanID  = "00f067aa0ba902b7"
+	)
+	tests := map[string]struct {
+		addr      string
+		warm      bool // decide once first, so the measured request is a cache hit
+		wantShape string
+		wantAttrs map[attribute.Key]string // on the decision span
+		lookup    string                   // the lookup span's outcome
+		neutron   int                      // the Neutron span's HTTP status, 0 when there is none
+		errored   bool                     // the decision span's status is Error
+	}{
+		"hit": {
+			addr: "10.0.0.5", warm: true,
+			wantShape: decide.SpanDecide + "(" + decide.SpanCacheLookup + ")",
+			wantAttrs: map[attribute.Key]string{decide.AttrHTTPStatus: "200", decide.AttrCacheOutcome: "hit", decide.AttrNetworkID: tNet,
+				decide.AttrVMAddress: "10.0.0.5", decide.AttrInstanceID: tVM, decide.AttrProjectID: tProject, decide.AttrPortID: "port1"},
+			lookup: "hit",
+		},
+		"miss": {
+			addr:      "10.0.0.5",
+			wantShape: decide.SpanDecide + "(" + decide.SpanCacheLookup + "(" + neutronGE + "))",
+			wantAttrs: map[attribute.Key]string{decide.AttrHTTPStatus: "200", decide.AttrCacheOutcome: "miss", decide.AttrNetworkID: tNet,
+				decide.AttrVMAddress: "10.0.0.5", decide.AttrInstanceID: tVM},
+			lookup: "miss", neutron: 200,
+		},
+		"404": {
+			addr:      "10.0.0.9",
+			wantShape: decide.SpanDecide + "(" + decide.SpanCacheLookup + "(" + neutronGE + "))",
+			wantAttrs: map[attribute.Key]string{decide.AttrHTTPStatus: "404", decide.AttrCacheOutcome: "miss", decide.AttrVMAddress: "10.0.0.9"},
+			lookup:    "miss", neutron: 200,
+		},
+		"neutron failure": {
+			addr:      "10.0.0.99",
+			wantShape: decide.SpanDecide + "(" + decide.SpanCacheLookup + "(" + neutronGE + "))",
+			wantAttrs: map[attribute.Key]string{decide.AttrHTTPStatus: "503", decide.AttrCacheOutcome: "miss", decide.AttrVMAddress: "10.0.0.99"},
+			lookup:    "miss", neutron: 500, errored: true,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			tr := newTraced(t, &fakeNeutron{})
+			if tc.warm {
+				tr.d.Decide(context.Background(), mdNet, envoyRequest(tc.addr, ""))
+			}
+			_, dec := tr.d.Decide(context.Background(), mdNet, envoyRequest(tc.addr, traceparent(traceID, spanID)))
+			if dec.TraceID.String() != traceID {
+				t.Errorf("decision trace id %s, want %s", dec.TraceID, traceID)
+			}
+			spans := tr.rec.Ended()
+			checkNoSecrets(t, spans)
+			tid, _ := trace.TraceIDFromHex(traceID)
+			roots := tree(spans, tid)
+			if len(roots) != 1 {
+				t.Fatalf("%d roots in trace %s, want 1: %v", len(roots), traceID, spans)
+			}
+			root := roots[0]
+			if got := shape(root); got != tc.wantShape {
+				t.Errorf("span tree %s, want %s", got, tc.wantShape)
+			}
+			if root.span.Parent().SpanID().String() != spanID || !root.span.Parent().IsRemote() {
+				t.Errorf("decision span's parent %v, want the remote span %s from traceparent", root.span.Parent(), spanID)
+			}
+			if root.span.SpanKind() != trace.SpanKindServer {
+				t.Errorf("decision span kind %v", root.span.SpanKind())
+			}
+			got := attrs(root.span)
+			for k, want := range tc.wantAttrs {
+				if got[k] != want {
+					t.Errorf("decision attribute %s = %q, want %q (all: %v)", k, got[k], want, got)
+				}
+			}
+			if (root.span.Status().Code == codes.Error) != tc.errored {
+				t.Errorf("decision span status %v, errored want %v", root.span.Status(), tc.errored)
+			}
+			lookup := root.children[0]
+			if o := attrs(lookup.span)[decide.AttrCacheOutcome]; o != tc.lookup {
+				t.Errorf("lookup outcome %q, want %q", o, tc.lookup)
+			}
+			if tc.neutron != 0 {
+				n := lookup.children[0].span
+				if st := attrs(n)["http.response.status_code"]; st != fmt.Sprint(tc.neutron) || n.SpanKind() != trace.SpanKindClient {
+					t.Errorf("Neutron span: status %s kind %v, want %d client (attrs %v)", st, n.SpanKind(), tc.neutron, attrs(n))
+				}
+				// Neutron received the trace context of its span: the trace goes on server side.
+				tr.neutron.mu.Lock()
+				h := tr.neutron.headers[len(tr.neutron.headers)-1]
+				tr.neutron.mu.Unlock()
+				if want := traceparent(traceID, n.SpanContext().SpanID().String()); h.Get("Traceparent") != want {
+					t.Errorf("Neutron got traceparent %q, want %q", h.Get("Traceparent"), want)
+				}
+			}
+		})
+	}
+}
+
+// TestCoalescedSpans: two requests for one VM while Neutron is slow make one Neutron call, under
+// the first request's lookup span; the second request's lookup span says coalesced.
+func TestCoalescedSpans(t *testing.T) {
+	n := &fakeNeutron{gate: make(chan struct{}), arrived: make(chan struct{}, 4)}
+	tr := newTraced(t, n)
+	first := traceparent("11111111111111111111111111111111", "1111111111111111")
+	second := traceparent("22222222222222222222222222222222", "2222222222222222")
+	var wg sync.WaitGroup
+	wg.Go(func() { tr.d.Decide(context.Background(), mdNet, envoyRequest("10.0.0.5", first)) })
+	<-n.arrived // the first request's lookup is at Neutron
+	wg.Go(func() { tr.d.Decide(context.Background(), mdNet, envoyRequest("10.0.0.5", second)) })
+	// Wait for the second request's lookup span to start, then give it time to join the flight
+	// (if it did not, its outcome is hit, not coalesced, and the test says so).
+	for !startedLookups(tr.rec, 2) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(n.gate)
+	wg.Wait()
+
+	spans := tr.rec.Ended()
+	checkNoSecrets(t, spans)
+	for traceHex, want := range map[string]string{
+		"11111111111111111111111111111111": decide.SpanDecide + "(" + decide.SpanCacheLookup + "(" + neutronGE + "))",
+		"22222222222222222222222222222222": decide.SpanDecide + "(" + decide.SpanCacheLookup + ")",
+	} {
+		tid, _ := trace.TraceIDFromHex(traceHex)
+		roots := tree(spans, tid)
+		if len(roots) != 1 || shape(roots[0]) != want {
+			t.Fatalf("trace %s: %d roots, want one %s", traceHex, len(roots), want)
+		}
+		wantOutcome := "miss"
+		if traceHex[0] == '2' {
+			wantOutcome = "coalesced"
+		}
+		if got := attrs(roots[0].children[0].span)[decide.AttrCacheOutcome]; got != wantOutcome {
+			t.Errorf("trace %s: lookup outcome %q, want %q", traceHex, got, wantOutcome)
+		}
+		if got := attrs(roots[0].span)[decide.AttrCacheOutcome]; got != wantOutcome {
+			t.Errorf("trace %s: decision outcome %q, want %q", traceHex, got, wantOutcome)
+		}
+	}
+	if len(n.headers) != 1 {
+		t.Errorf("%d Neutron calls, want 1", len(n.headers))
+	}
+}
+
+func startedLookups(rec *tracetest.SpanRecorder, n int) bool {
+	count := 0
+	for _, s := range rec.Started() {
+		if s.Name() == decide.SpanCacheLookup {
+			count++
+		}
+	}
+	return count >= n
+}
+
+// TestTraceContextSources: Envoy's ext_proc client span (gRPC metadata) is the parent when there is
+// one; else the request's traceparent header; else the decision starts a new trace.
+func TestTraceContextSources(t *testing.T) {
+	const (
+		fromMD     = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		fromHeader = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	)
+	tests := map[string]struct {
+		md, header string
+		want       string // trace id; "" for a new one
+	}{
+		"gRPC metadata wins":  {md: fromMD, header: fromHeader, want: fromMD},
+		"request header":      {header: fromHeader, want: fromHeader},
+		"gRPC metadata alone": {md: fromMD, want: fromMD},
+		"none":                {},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			tr := newTraced(t, &fakeNeutron{})
+			md := mdNet.Copy()
+			if tc.md != "" {
+				md.Set("traceparent", traceparent(tc.md, "0102030405060708"))
+			}
+			header := ""
+			if tc.header != "" {
+				header = traceparent(tc.header, "0807060504030201")
+			}
+			_, dec := tr.d.Decide(context.Background(), md, envoyRequest("10.0.0.5", header))
+			if !dec.TraceID.IsValid() {
+				t.Fatal("no trace id")
+			}
+			if tc.want == "" {
+				if got := dec.TraceID.String(); got == fromMD || got == fromHeader {
+					t.Errorf("trace id %s, want a new one", got)
+				}
+				return
+			}
+			if got := dec.TraceID.String(); got != tc.want {
+				t.Errorf("trace id %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestNotForwardedLogNamesTheTrace: the log line of a 404 carries the trace id, with tracing on and
+// with tracing off (then the one Envoy sent).
+func TestNotForwardedLogNamesTheTrace(t *testing.T) {
+	const traceID = "cccccccccccccccccccccccccccccccc"
+	tr := newTraced(t, &fakeNeutron{})
+	tr.d.RequestHeaders(context.Background(), mdNet, envoyRequest("10.0.0.9", traceparent(traceID, "0102030405060708")))
+	if !strings.Contains(tr.logs.String(), "trace_id="+traceID) {
+		t.Errorf("tracing on: log lacks the trace id:\n%s", tr.logs)
+	}
+
+	var logs bytes.Buffer
+	s, _ := sign.New([]byte(tSecret))
+	d, err := decide.New(notFound{}, s, portcache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.RequestHeaders(context.Background(), mdNet, envoyRequest("10.0.0.9", traceparent(traceID, "0102030405060708")))
+	if !strings.Contains(logs.String(), "trace_id="+traceID) || !strings.Contains(logs.String(), "status=404") {
+		t.Errorf("tracing off: log lacks the trace id:\n%s", logs.String())
+	}
+}
+
+type notFound struct{}
+
+func (notFound) Resolve(context.Context, resolve.Query) (resolve.Instance, error) {
+	return resolve.Instance{}, resolve.ErrNotFound
+}
