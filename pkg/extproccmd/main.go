@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"github.com/metaproxy/metaproxy/pkg/version"
@@ -132,6 +133,12 @@ func serve(ctx context.Context, cfg Config, w *wiring, tel *telemetry.Telemetry,
 	wg.Wait()
 	log.Info("extproc stopped")
 	return first
+}
+
+// MetricNames lists every metric family cmd/extproc exports on /metrics besides the Go runtime's
+// (go_*) and the process's (process_*).
+func MetricNames() []string {
+	return append(decide.MetricNames(), extproc.MetricStreams, extproc.MetricStreamsInFlight, MetricReady, MetricPortSourceLastUpSecs)
 }
 
 func tracingState(tel *telemetry.Telemetry) string {
