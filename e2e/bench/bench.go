@@ -51,12 +51,14 @@ type bench struct {
 	counter  *load.NeutronCounter
 	stopHTTP context.CancelFunc
 
+	section string // "(a)" or "(b)": labels the CPU rows
+
 	mu    sync.Mutex
 	procs []*proc
 }
 
 func (b *bench) bin(name string) string { return filepath.Join(b.o.binDir, name) }
-func (b *bench) path(rel string) string  { return filepath.Join(b.work, rel) }
+func (b *bench) path(rel string) string { return filepath.Join(b.work, rel) }
 
 // start starts a process that close stops.
 func (b *bench) start(name, ns string, env []string, argv ...string) (*proc, error) {
@@ -469,17 +471,28 @@ func (b *bench) httpRuns(ctx context.Context, directURL string) (direct, inc, mp
 	base := load.HTTPOptions{Concurrency: b.o.concurrency, Duration: b.o.duration}
 	o := base
 	o.Name, o.URL, o.Header = "direct (signed headers, from the host)", directURL+metaPath, h
-	if direct, err = load.RunHTTP(ctx, o); err != nil {
+	if direct, err = b.measure(ctx, o); err != nil {
 		return
 	}
 	o = base
 	o.Name, o.URL, o.Namespaces = "incumbent: VM -> haproxy -> neutron-metadata-agent", "http://"+vmnet.MetadataIPv4+metaPath, []string{b.inc.nsVM[0].Namespace}
-	if inc, err = load.RunHTTP(ctx, o); err != nil {
+	if inc, err = b.measure(ctx, o); err != nil {
 		return
 	}
-	o.Name, o.Namespaces = "metaproxy: VM -> data plane + cmd/extproc", []string{b.mp.nsVM[0].Namespace}
-	mp, err = load.RunHTTP(ctx, o)
+	o.Name, o.Namespaces = "metaproxy: VM -> "+b.rep.dataPlaneShort()+" + cmd/extproc", []string{b.mp.nsVM[0].Namespace}
+	mp, err = b.measure(ctx, o)
 	return
+}
+
+// measure runs one HTTP load and records the CPU time each process used per request.
+func (b *bench) measure(ctx context.Context, o load.HTTPOptions) (load.Result, error) {
+	before := sampleCPU()
+	r, err := load.RunHTTP(ctx, o)
+	if err != nil {
+		return r, err
+	}
+	b.rep.cpu = append(b.rep.cpu, cpuRow{name: b.section + " " + r.Name, requests: r.Requests, use: diffCPU(before, sampleCPU())})
+	return r, nil
 }
 
 func (b *bench) novaSection(ctx context.Context) error {
@@ -505,6 +518,7 @@ func (b *bench) novaSection(ctx context.Context) error {
 		return err
 	}
 	b.rep.mpNova = m
+	b.section = "(a)"
 	d, i, p, err := b.httpRuns(ctx, b.cloud.NovaURL())
 	if err != nil {
 		return err
@@ -593,6 +607,7 @@ func (b *bench) trivialSection(ctx context.Context) error {
 	if _, err := b.startMetaproxy(ctx, "trivial", port); err != nil {
 		return err
 	}
+	b.section = "(b)"
 	d, i, p, err := b.httpRuns(ctx, upURL)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -35,6 +36,22 @@ type report struct {
 	nova       [3]load.Result // direct, incumbent, metaproxy
 	trivial    [3]load.Result
 	storm      [2]load.Result // incumbent, metaproxy
+	cpu        []cpuRow
+}
+
+// cpuRow is the CPU time one HTTP run cost, per process.
+type cpuRow struct {
+	name     string
+	requests int
+	use      cpuUse
+}
+
+// dataPlaneShort names the data plane in a table row.
+func (r *report) dataPlaneShort() string {
+	if strings.HasPrefix(r.dataPlane, "Envoy") {
+		return "Envoy"
+	}
+	return "stand-in"
 }
 
 func ratio(a, b float64) string {
@@ -125,6 +142,13 @@ func (r *report) markdown() string {
 	}
 	fmt.Fprintf(&sb, "\nWarm-up (every one of the 100k ports looked up once, 32 streams): %d requests, %.0f/s, p99 %s, errors %s.\n\n",
 		r.warm.Requests, r.warm.PerSecond, load.Ms(r.warm.P99), r.warm.ErrorString())
+	sb.WriteString("### Where the CPU went (ms of CPU per request, by process, over each HTTP run above, in order)\n\n")
+	sb.WriteString("| run | machine busy | per process |\n|---|---|---|\n")
+	for _, c := range r.cpu {
+		fmt.Fprintf(&sb, "| %s | %.0f%% of %s | %s |\n", c.name, 100*c.use.busy/(c.use.wall.Seconds()*float64(runtime.NumCPU())),
+			c.use.wall.Round(100*time.Millisecond), c.use.perRequest(c.requests))
+	}
+	sb.WriteString("\n")
 	sb.WriteString("### Memory\n\n| process | VmRSS | VmHWM (peak) |\n|---|---|---|\n")
 	e := r.extprocRSS
 	fmt.Fprintf(&sb, "| %s (%.1f MiB before the warm-up) | %.1f MiB | %.1f MiB |\n", e.what, mib(e.startKiB), mib(e.rssKiB), mib(e.hwmKiB))
