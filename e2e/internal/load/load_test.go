@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -212,5 +213,35 @@ func BenchmarkHeaderMutation(b *testing.B) {
 		for _, s := range mut.GetSetHeaders() {
 			h.Set(s.GetHeader().GetKey(), string(s.GetHeader().GetRawValue()))
 		}
+	}
+}
+
+// heapMiB is the live heap after a full collection.
+func heapMiB() float64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return float64(m.HeapAlloc) / (1 << 20)
+}
+
+// BenchmarkMemory100kPorts splits cmd/extproc's memory at 100k ports into what the ports-file
+// resolver holds (its index of every port) and what the cache of 100k ready-made answers adds.
+// Run it with -benchtime=1x; the numbers are live heap, not RSS.
+func BenchmarkMemory100kPorts(b *testing.B) {
+	for b.Loop() {
+		base := heapMiB()
+		d, targets := newDecider(b, 100000, 100)
+		withIndex := heapMiB()
+		for _, t := range targets {
+			md := metadata.Pairs(contract.NetworkIDMetadata, t.ScopeID)
+			if _, dec := d.Decide(context.Background(), md, envoyRequest("/", t.Addr, 40000)); dec.Status != http.StatusOK {
+				b.Fatalf("decision %+v", dec)
+			}
+		}
+		cached := heapMiB()
+		b.ReportMetric(withIndex-base, "MiB-ports-index")
+		b.ReportMetric(cached-withIndex, "MiB-100k-cached")
+		runtime.KeepAlive(d)
 	}
 }
