@@ -59,6 +59,7 @@ const (
 	modeImmediate
 	modeSlow
 	modeBothValues
+	modeOverride
 )
 
 type seenRequest struct {
@@ -74,6 +75,8 @@ type fakeExtProc struct {
 	mode atomic.Int32
 	mu   sync.Mutex
 	seen []seenRequest
+	// statuses are the :status values of response_headers messages received.
+	statuses []string
 }
 
 func (f *fakeExtProc) last(t *testing.T) seenRequest {
@@ -118,6 +121,26 @@ func (f *fakeExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) 
 		return nil
 	case modeBothValues:
 		return stream.Send(headersResponse(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-instance-id", Value: "a", RawValue: []byte("a")}}))
+	case modeOverride:
+		resp := headersResponse()
+		resp.ModeOverride = &extprocfv3.ProcessingMode{ResponseHeaderMode: extprocfv3.ProcessingMode_SEND}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		next, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		for _, h := range next.GetResponseHeaders().GetHeaders().GetHeaders() {
+			if h.GetKey() == ":status" {
+				f.mu.Lock()
+				f.statuses = append(f.statuses, string(h.GetRawValue()))
+				f.mu.Unlock()
+			}
+		}
+		return stream.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				{Header: &corev3.HeaderValue{Key: "x-checked", RawValue: []byte("yes")}}}}}}}})
 	default:
 		return stream.Send(headersResponse(
 			&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-instance-id", RawValue: []byte("inst-" + sr.md.Get(contract.NetworkIDMetadata)[0])}},
@@ -309,6 +332,7 @@ func (h *harness) listener(name, netID string, filters ...*hcmv3.HttpFilter) *li
 					ResponseHeaderMode: extprocfv3.ProcessingMode_SKIP,
 				},
 				RequestAttributes: []string{contract.SourceAddressAttribute},
+				AllowModeOverride: true,
 			})}},
 			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}},
 		}
@@ -545,6 +569,20 @@ func TestStandInFeatures(t *testing.T) {
 		}
 		if !seen.endOfStrem {
 			t.Error("GET without body: end_of_stream = false, want true")
+		}
+	})
+
+	t.Run("mode_override sends nova's response headers on the same stream", func(t *testing.T) {
+		h.ext.mode.Store(int32(modeOverride))
+		defer h.ext.mode.Store(int32(modeMutate))
+		r := curl(t, h.ns.client, "-i", metaURL)
+		if r.status != 200 || !strings.Contains(strings.ToLower(r.body), "x-checked: yes") {
+			t.Fatalf("curl = %+v, want nova's 200 with the response-phase mutation", r)
+		}
+		h.ext.mu.Lock()
+		defer h.ext.mu.Unlock()
+		if len(h.ext.statuses) != 1 || h.ext.statuses[0] != "200" {
+			t.Errorf("response_headers :status seen by ext_proc = %v, want [200]", h.ext.statuses)
 		}
 	})
 

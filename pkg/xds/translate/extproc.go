@@ -31,6 +31,9 @@ const (
 // initial metadata (never as an HTTP header a VM could send), the VM address as the source.address
 // attribute. Only request headers go to cmd/extproc; bodies (the password POST) stream to nova
 // untouched. failure_mode_allow is false: without an answer from cmd/extproc the request fails.
+// allow_mode_override lets cmd/extproc ask, for the first request of a VM per cache fill, to see
+// nova's response status on the same stream, so that a signature nova refuses (a shared secret out
+// of step) is logged and counted where the operator looks; every other request stays one round trip.
 func extProcFilter(n source.Network, e ExtProc) (*anypb.Any, error) {
 	key := contract.NetworkIDMetadata
 	switch n.Kind {
@@ -56,6 +59,7 @@ func extProcFilter(n source.Network, e ExtProc) (*anypb.Any, error) {
 			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
 			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
 		},
+		AllowModeOverride: true,
 		RequestAttributes: []string{contract.SourceAddressAttribute},
 		MessageTimeout:    durationpb.New(e.MessageTimeout),
 	})

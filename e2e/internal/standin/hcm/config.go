@@ -210,6 +210,11 @@ func (c *Config) serve(env *Env, w http.ResponseWriter, r *http.Request) {
 	s.log = env.Log.With("method", s.Method, "path", s.Path, "remote", s.DirectRemote.String())
 	s.mutateRequestHeaders()
 	ctx := r.Context()
+	defer func() {
+		for _, f := range s.cleanups {
+			f()
+		}
+	}()
 	for _, nf := range c.filters {
 		pr := s.Route().perFilterConfig(nf.name)
 		if _, off := pr.(filterDisabled); off {

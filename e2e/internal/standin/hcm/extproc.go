@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,7 +41,10 @@ type extProcConfig struct {
 	statPrefix       string
 	disableImmediate bool
 	disableClearRC   bool
-	rules            mutationChecker
+	// allowModeOverride lets a request_headers answer ask for the response headers of that request
+	// (mode_override.response_header_mode SEND), as Envoy does with allow_mode_override.
+	allowModeOverride bool
+	rules             mutationChecker
 }
 
 // extProcOverride is a parsed ExtProcPerRoute.
@@ -57,13 +62,14 @@ func parseExtProc(a *anypb.Any) (*extProc, error) {
 		return nil, err
 	}
 	cfg := extProcConfig{
-		failureModeAllow: c.GetFailureModeAllow(),
-		attributes:       c.GetRequestAttributes(),
-		messageTimeout:   defaultMessageTimeout,
-		statusOnError:    http.StatusInternalServerError,
-		statPrefix:       c.GetStatPrefix(),
-		disableImmediate: c.GetDisableImmediateResponse(),
-		disableClearRC:   c.GetDisableClearRouteCache(),
+		failureModeAllow:  c.GetFailureModeAllow(),
+		attributes:        c.GetRequestAttributes(),
+		messageTimeout:    defaultMessageTimeout,
+		statusOnError:     http.StatusInternalServerError,
+		statPrefix:        c.GetStatPrefix(),
+		disableImmediate:  c.GetDisableImmediateResponse(),
+		disableClearRC:    c.GetDisableClearRouteCache(),
+		allowModeOverride: c.GetAllowModeOverride(),
 	}
 	if c.GetHttpService() != nil {
 		return nil, errors.New("http_service is not supported by the stand-in (grpc_service.envoy_grpc only)")
@@ -82,9 +88,9 @@ func parseExtProc(a *anypb.Any) (*extProc, error) {
 		cfg.statusOnError = int(s.GetCode())
 	}
 	if c.GetObservabilityMode() || c.GetForwardRules() != nil || c.GetMetadataOptions() != nil ||
-		c.GetProcessingRequestModifier() != nil || c.GetOnProcessingResponse() != nil || c.GetAllowModeOverride() ||
-		c.GetSendBodyWithoutWaitingForHeaderResponse() {
-		return nil, errors.New("observability_mode, forward_rules, metadata_options, allow_mode_override and extensions are not supported by the stand-in")
+		c.GetProcessingRequestModifier() != nil || c.GetOnProcessingResponse() != nil ||
+		c.GetSendBodyWithoutWaitingForHeaderResponse() || len(c.GetAllowedOverrideModes()) > 0 {
+		return nil, errors.New("observability_mode, forward_rules, metadata_options, allowed_override_modes and extensions are not supported by the stand-in")
 	}
 	if cfg.rules, err = parseRules(c.GetMutationRules()); err != nil {
 		return nil, err
@@ -225,7 +231,12 @@ func (f *extProc) decodeHeaders(ctx context.Context, s *Stream, perRoute any) bo
 		return f.fail(s, cfg, cfg.statusOnError, "streams_failed")
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	kept := false // the stream stays open for the response phase (mode_override)
+	defer func() {
+		if !kept {
+			cancel()
+		}
+	}()
 	if len(cfg.initialMetadata) > 0 {
 		md := metadata.MD{}
 		for _, kv := range cfg.initialMetadata {
@@ -270,7 +281,18 @@ func (f *extProc) decodeHeaders(ctx context.Context, s *Stream, perRoute any) bo
 		return false
 	}
 	f.stat(s, cfg, "stream_msgs_received")
-	_ = stream.CloseSend()
+	if cfg.allowModeOverride && resp.GetRequestHeaders() != nil &&
+		resp.GetModeOverride().GetResponseHeaderMode() == extprocfv3.ProcessingMode_SEND {
+		kept = true
+		s.encodeHooks = append(s.encodeHooks, func(code int, h http.Header) bool {
+			defer cancel()
+			defer stream.CloseSend()
+			return f.encodeHeaders(s, cfg, stream, code, h)
+		})
+		s.cleanups = append(s.cleanups, cancel)
+	} else {
+		_ = stream.CloseSend()
+	}
 	switch {
 	case resp.GetRequestHeaders() != nil:
 		cr := resp.GetRequestHeaders().GetResponse()
@@ -310,6 +332,73 @@ func (f *extProc) decodeHeaders(ctx context.Context, s *Stream, perRoute any) bo
 		s.log.Warn("ext_proc unexpected response", "type", fmt.Sprintf("%T", resp.GetResponse()))
 		return f.fail(s, cfg, cfg.statusOnError, "spurious_msgs_received")
 	}
+}
+
+// encodeHeaders sends the upstream response headers on the request's ext_proc stream (after a
+// mode_override asked for them) and applies the answer to h. It returns false when it answered the
+// request locally instead (stream error or timeout without failure_mode_allow).
+func (f *extProc) encodeHeaders(s *Stream, cfg extProcConfig, stream extprocv3.ExternalProcessor_ProcessClient, code int, h http.Header) bool {
+	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte(strconv.Itoa(code))}}}
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, v := range h[k] {
+			hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: strings.ToLower(k), RawValue: []byte(v)})
+		}
+	}
+	req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: hm}}}
+	if err := stream.Send(req); err != nil {
+		return f.failResponse(s, cfg, h, cfg.statusOnError, "streams_failed")
+	}
+	f.stat(s, cfg, "stream_msgs_sent")
+	ch := make(chan *extprocv3.ProcessingResponse, 1)
+	go func() {
+		r, _ := stream.Recv()
+		ch <- r
+	}()
+	timer := time.NewTimer(cfg.messageTimeout)
+	defer timer.Stop()
+	select {
+	case r := <-ch:
+		if r.GetResponseHeaders() == nil {
+			return f.failResponse(s, cfg, h, cfg.statusOnError, "streams_failed")
+		}
+		f.stat(s, cfg, "stream_msgs_received")
+		var hl Headers
+		for _, k := range keys {
+			for _, v := range h[k] {
+				hl.Add(strings.ToLower(k), v)
+			}
+		}
+		if _, err := applyMutation(&hl, r.GetResponseHeaders().GetResponse().GetHeaderMutation(), cfg.rules, nil); err != nil {
+			return f.failResponse(s, cfg, h, cfg.statusOnError, "streams_failed")
+		}
+		for k := range h {
+			delete(h, k)
+		}
+		for _, e := range hl {
+			h.Add(e.Key, e.Value)
+		}
+		return true
+	case <-timer.C:
+		return f.failResponse(s, cfg, h, http.StatusGatewayTimeout, "message_timeouts")
+	}
+}
+
+// failResponse is fail for the response phase: the upstream headers are dropped before the local reply.
+func (f *extProc) failResponse(s *Stream, cfg extProcConfig, h http.Header, status int, counter string) bool {
+	if cfg.failureModeAllow {
+		f.stat(s, cfg, counter)
+		f.stat(s, cfg, "failure_mode_allowed")
+		return true
+	}
+	for k := range h {
+		delete(h, k)
+	}
+	return f.fail(s, cfg, status, counter)
 }
 
 // fail ends the filter after an ext_proc failure: with failure_mode_allow the request continues

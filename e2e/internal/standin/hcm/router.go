@@ -157,6 +157,15 @@ func (rt *router) decodeHeaders(ctx context.Context, s *Stream, _ any) bool {
 			}
 		}
 	}
+	// Response-phase hooks may still answer locally instead (their local reply replaces the
+	// upstream response), so the stream counts as answered only once they passed.
+	s.answered = false
+	for _, hook := range s.encodeHooks {
+		if !hook(resp.StatusCode, h) {
+			return false
+		}
+	}
+	s.answered = true
 	s.setServer(h)
 	if resp.ContentLength >= 0 {
 		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))

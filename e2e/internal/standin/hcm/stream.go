@@ -32,8 +32,12 @@ type Stream struct {
 	contentLength int64
 	endOfStream   bool
 
-	w             http.ResponseWriter
-	answered      bool
+	w        http.ResponseWriter
+	answered bool
+	// encodeHooks run on the upstream response headers before they go downstream (ext_proc's
+	// response phase); one returning false answered the request itself. cleanups run at the end.
+	encodeHooks   []func(code int, h http.Header) bool
+	cleanups      []func()
 	route         *Route
 	routeResolved bool
 }
