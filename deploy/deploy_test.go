@@ -382,6 +382,13 @@ func TestSystemdUnits(t *testing.T) {
 		}
 	})
 
+	t.Run("migration drop-in", func(t *testing.T) {
+		d := parseUnit(t, "systemd/metaproxy-envoy.service.d/10-migration-coexist.conf")
+		if d.one(t, "Service", "User") != "root" || len(d["Service"]) != 2 {
+			t.Errorf("the migration drop-in must only switch Envoy to uid 0 (SO_REUSEPORT with haproxy's root-owned socket): %v", d)
+		}
+	})
+
 	t.Run("sample layout", func(t *testing.T) {
 		for _, f := range []string{"extproc.yaml", "envoy.yaml", "metadata_agent.ini", "clouds.yaml.example", "README.md"} {
 			if _, err := os.Stat(filepath.Join("systemd/etc-metaproxy", f)); err != nil {
