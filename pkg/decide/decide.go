@@ -183,7 +183,15 @@ func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 		errors.As(err, &re)
 		return Immediate(re.Status, re.Message), Decision{Status: re.Status, Err: err}
 	}
-	a, outcome, err := d.lookup(ctx, q)
+	var (
+		a       answer
+		outcome portcache.Outcome
+	)
+	if d.tracer != nil {
+		a, outcome, err = d.tracedLookup(ctx, q)
+	} else {
+		a, outcome, err = d.cache.Lookup(ctx, q)
+	}
 	dec := Decision{Query: q, Outcome: outcome}
 	if err == nil {
 		dec.Instance, dec.Status = a.inst, http.StatusOK

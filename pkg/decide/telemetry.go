@@ -337,11 +337,8 @@ func appendQueryAttrs(attrs []attribute.KeyValue, q resolve.Query) []attribute.K
 	return attrs
 }
 
-// lookup asks the cache, inside a lookup span when tracing.
-func (d *Decider) lookup(ctx context.Context, q resolve.Query) (answer, portcache.Outcome, error) {
-	if d.tracer == nil {
-		return d.cache.Lookup(ctx, q)
-	}
+// tracedLookup asks the cache inside a lookup span.
+func (d *Decider) tracedLookup(ctx context.Context, q resolve.Query) (answer, portcache.Outcome, error) {
 	ctx, span := d.tracer.Start(ctx, SpanCacheLookup, trace.WithAttributes(appendQueryAttrs(nil, q)...))
 	a, outcome, err := d.cache.Lookup(ctx, q)
 	span.SetAttributes(AttrCacheOutcome.String(outcome.String()))
