@@ -106,12 +106,15 @@ func serve(ctx context.Context, cfg Config, w *wiring, tel *telemetry.Telemetry,
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
+		// gRPC health turns SERVING the first time the service is ready and stays so: answers
+		// still cached (or negative) can be served while Neutron is down, so Envoy's health check
+		// must not flap with Neutron. /readyz and metaproxy_extproc_ready do follow it.
 		w.ready.watch(ctx, func(ready bool, why string) {
-			extproc.SetServing(health, ready)
 			if ready {
+				extproc.SetServing(health, true)
 				log.Info("ready: serving ext_proc", "listen", cfg.Listen)
 			} else {
-				log.Warn("not ready: gRPC health NOT_SERVING", "reason", why)
+				log.Warn("not ready: /readyz answers 503", "reason", why)
 			}
 		})
 	})

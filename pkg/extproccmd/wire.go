@@ -199,7 +199,7 @@ const (
 func (r *readiness) instrument(mp metric.MeterProvider) error {
 	meter := mp.Meter("github.com/metaproxy/metaproxy/pkg/extproccmd")
 	ready, err1 := meter.Int64ObservableGauge("metaproxy.extproc.ready",
-		metric.WithDescription("1 when cmd/extproc is ready (/readyz answers 200, gRPC health SERVING), else 0."))
+		metric.WithDescription("1 when cmd/extproc is ready (/readyz answers 200), else 0."))
 	last, err2 := meter.Float64ObservableGauge("metaproxy.extproc.port_source.last_success_timestamp", metric.WithUnit("s"),
 		metric.WithDescription("Unix time of the port source's last successful answer (probe or lookup); 0 before the first."))
 	if err := errors.Join(err1, err2); err != nil {
