@@ -4,8 +4,10 @@ package openstack
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"time"
@@ -71,6 +73,10 @@ func (c *Cloud) startRabbit(ctx context.Context) error {
 // startAgent starts neutron-metadata-agent and waits for its UNIX socket.
 func (c *Cloud) startAgent(ctx context.Context) error {
 	t0 := time.Now()
+	before, _ := c.agentHeartbeat(ctx)
+	if err := os.Remove(c.AgentSocket()); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("openstack: %w", err)
+	}
 	p, err := startProcess("neutron-metadata-agent", c.path("log/neutron-metadata-agent.out"), nil,
 		"/usr/bin/neutron-metadata-agent", "--config-file", c.MetadataAgentINI(),
 		"--log-file", c.path("log/neutron-metadata-agent.log"))
@@ -83,9 +89,12 @@ func (c *Cloud) startAgent(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for {
+		// Ready once it listens and its first state report reached neutron-server over RPC.
 		if fi, err := os.Stat(c.AgentSocket()); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			c.opts.Logf("openstack: neutron-metadata-agent listens after %s", time.Since(t0).Round(100*time.Millisecond))
-			return nil
+			if hb, ok := c.agentHeartbeat(ctx); ok && hb != before {
+				c.opts.Logf("openstack: neutron-metadata-agent listens and reported after %s", time.Since(t0).Round(100*time.Millisecond))
+				return nil
+			}
 		}
 		if done, err := p.exited(); done {
 			return fmt.Errorf("openstack: neutron-metadata-agent exited: %v", err)
@@ -96,4 +105,26 @@ func (c *Cloud) startAgent(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// agentHeartbeat returns the metadata agent's last state report time as neutron-server has it.
+func (c *Cloud) agentHeartbeat(ctx context.Context) (string, bool) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.NeutronURL()+"v2.0/agents?binary=neutron-metadata-agent", nil)
+	if err != nil {
+		return "", false
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return "", false
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Agents []struct {
+			Heartbeat string `json:"heartbeat_timestamp"`
+		} `json:"agents"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&body) != nil || len(body.Agents) == 0 {
+		return "", false
+	}
+	return body.Agents[0].Heartbeat, true
 }

@@ -193,12 +193,18 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 		defer wg.Done()
 		conf := c.path("nova/nova.conf")
 		dbs := dbSet{service: "nova", pkg: "python3-nova", files: []string{"nova_api.sqlite", "nova.sqlite"}}
-		cache := c.cacheDir(dbs, "api_db sync; db sync")
+		cache := c.cacheDir(dbs, "api_db sync; db sync; WAL")
 		if !c.restoreDBs(dbs, cache) {
 			for _, step := range []string{"api_db", "db"} {
 				if errs[1] = c.runStep(ctx, "nova-"+step+"-sync", "/usr/bin/nova-manage", "--config-file", conf, step, "sync"); errs[1] != nil {
 					return
 				}
+			}
+			// WAL (persistent in the file): readers do not block nova-api's or the helper's writes.
+			if errs[1] = c.runStep(ctx, "nova-wal", Python, "-c",
+				"import sqlite3,sys\nfor p in sys.argv[1:]: sqlite3.connect(p).execute('PRAGMA journal_mode=WAL').fetchall()",
+				c.path("nova/nova_api.sqlite"), c.path("nova/nova.sqlite")); errs[1] != nil {
+				return
 			}
 			c.saveDBs(dbs, cache)
 		}
@@ -251,7 +257,9 @@ func (c *Cloud) AgentSocket() string { return c.path("mdagent/metadata_proxy") }
 // NetworkClient is a noauth gophercloud (v2) Neutron client; every request gets an admin context.
 func (c *Cloud) NetworkClient() *gophercloud.ServiceClient { return c.network }
 
-// StartNeutron starts neutron-server (after StopNeutron) and waits until it answers.
+// StartNeutron starts neutron-server (after StopNeutron) and waits until it answers. With
+// WithAgent it also restarts neutron-metadata-agent, whose first state report warms the new RPC
+// worker.
 func (c *Cloud) StartNeutron(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed || c.neutron != nil {
@@ -268,7 +276,20 @@ func (c *Cloud) StartNeutron(ctx context.Context) error {
 	}
 	// GET /v2.0/networks also warms SQLAlchemy's mappers: a cold worker answers GET /v2.0/ports
 	// with 500 (Port has no attribute port_forwardings) until another query ran.
-	return c.waitHTTP(ctx, p, c.NeutronURL()+"v2.0/networks")
+	if err := c.waitHTTP(ctx, p, c.NeutronURL()+"v2.0/networks"); err != nil {
+		return err
+	}
+	// The RPC worker has the same cold start; the metadata agent's state report warms it, and the
+	// agent reports only when it starts (see metadata_agent.ini), so a running agent is restarted.
+	c.mu.Lock()
+	agent := c.agent
+	c.agent = nil
+	c.mu.Unlock()
+	if agent == nil {
+		return nil
+	}
+	agent.stop(c.opts.StopGrace)
+	return c.startAgent(ctx)
 }
 
 // StopNeutron stops neutron-server (SIGTERM, then SIGKILL after StopGrace).
@@ -309,6 +330,27 @@ func (c *Cloud) StopNova() {
 	if p != nil {
 		p.stop(c.opts.StopGrace)
 	}
+}
+
+// SetNovaCacheExpiration changes nova's [api] metadata_cache_expiration and restarts the nova
+// metadata API if it runs. Nova builds metadata with Neutron calls (security groups), so with the
+// cache off it answers 500 while neutron-server is down; with it on, an instance read within the
+// window is served from nova's cache, but a password POST is not visible to GET (and a second POST
+// gets no 409) until the entry expires.
+func (c *Cloud) SetNovaCacheExpiration(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.opts.NovaCacheExpiration = d
+	running := c.nova != nil
+	err := c.writeConfigs()
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !running {
+		return nil
+	}
+	c.StopNova()
+	return c.StartNova(ctx)
 }
 
 // Close stops every process the cloud started (SIGTERM to each process group, SIGKILL after

@@ -49,10 +49,8 @@ func TestCloudServesSignedMetadata(t *testing.T) {
 	}
 	get := func(path string) (int, []byte) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.NovaURL()+path, nil)
-		mac := hmac.New(sha256.New, []byte(secret))
-		mac.Write([]byte(vm.InstanceID))
 		req.Header.Set("X-Instance-ID", vm.InstanceID)
-		req.Header.Set("X-Instance-ID-Signature", hex.EncodeToString(mac.Sum(nil)))
+		req.Header.Set("X-Instance-ID-Signature", sign(secret, vm.InstanceID))
 		req.Header.Set("X-Tenant-ID", vm.ProjectID)
 		req.Header.Set("X-Forwarded-For", vm.IP)
 		resp, err := http.DefaultClient.Do(req)
@@ -87,4 +85,11 @@ func TestCloudServesSignedMetadata(t *testing.T) {
 	if _, err := c.CreateRouter(ctx, "unit-router", n); err != nil {
 		t.Error(err)
 	}
+}
+
+// sign is neutron's sign_instance_id: lowercase hex HMAC-SHA256 of the instance id.
+func sign(secret, instanceID string) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(instanceID))
+	return hex.EncodeToString(mac.Sum(nil))
 }

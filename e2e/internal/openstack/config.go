@@ -39,7 +39,10 @@ rpc_state_report_workers = 0
 notify_nova_on_port_status_changes = false
 notify_nova_on_port_data_changes = false
 [database]
-connection = sqlite:///{{.Base}}/neutron/neutron.sqlite
+# Several processes write (API, RPC and periodic workers): wait for sqlite's lock instead of failing
+# with "database is locked" (the file is in WAL mode, see scripts/neutron_schema.py).
+connection = sqlite:///{{.Base}}/neutron/neutron.sqlite?timeout=60
+sqlite_synchronous = false
 [oslo_concurrency]
 lock_path = {{.Base}}/neutron/lock
 [ml2]
@@ -63,9 +66,11 @@ local_metadata_per_cell = true
 metadata_cache_expiration = {{.NovaCacheSeconds}}
 dhcp_domain = {{.DHCPDomain}}
 [api_database]
-connection = sqlite:///{{.Base}}/nova/nova_api.sqlite
+connection = sqlite:///{{.Base}}/nova/nova_api.sqlite?timeout=60
+sqlite_synchronous = false
 [database]
-connection = sqlite:///{{.Base}}/nova/nova.sqlite
+connection = sqlite:///{{.Base}}/nova/nova.sqlite?timeout=60
+sqlite_synchronous = false
 [neutron]
 service_metadata_proxy = true
 metadata_proxy_shared_secret = {{.Secret}}
@@ -87,7 +92,11 @@ metadata_proxy_shared_secret = {{.Secret}}
 metadata_workers = 1
 transport_url = {{.Transport}}
 [agent]
-report_interval = 30
+# One state report at start (it also warms neutron-server's RPC worker, which otherwise answers
+# get_ports with "Port has no attribute port_forwardings"), then none for an hour: the reports are
+# the only writes the RPC worker makes, and on sqlite they collide with the API worker's
+# ("database is locked" -> 500 on POST /v2.0/subnets).
+report_interval = 3600
 [cache]
 enabled = true
 backend = oslo_cache.dict
