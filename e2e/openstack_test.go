@@ -150,13 +150,18 @@ func TestFixtureNovaJudgesSignatures(t *testing.T) {
 	// A tiny metadata server on 169.254.169.254:80 in each qdhcp namespace that names its network
 	// and echoes the caller's address.
 	for name, n := range nets {
-		l, err := vmnet.Listen(ctx, n.Namespace, "tcp4", vmnet.MetadataIPv4+":80")
-		if err != nil {
-			t.Fatal(err)
+		for _, addr := range []struct{ network, address string }{
+			{"tcp4", vmnet.MetadataIPv4 + ":80"},
+			{"tcp6", "[" + vmnet.MetadataIPv6 + "%" + n.Interface + "]:80"},
+		} {
+			l, err := vmnet.Listen(ctx, n.Namespace, addr.network, addr.address)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{Handler: cannedOpenStack(name), ReadHeaderTimeout: 5 * time.Second}
+			go func() { _ = srv.Serve(l) }()
+			t.Cleanup(func() { _ = srv.Close() })
 		}
-		srv := &http.Server{Handler: cannedOpenStack(name), ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(l) }()
-		t.Cleanup(func() { _ = srv.Close() })
 	}
 
 	t.Run("VMs reach their own network's metadata address", func(t *testing.T) {
@@ -172,6 +177,28 @@ func TestFixtureNovaJudgesSignatures(t *testing.T) {
 			want := specs[i].net + "/" + vm.os.IP
 			if md.Hostname != want {
 				t.Errorf("%s: answered by %q, want %q (its own network, its own address)", vm.ns.Name, md.Hostname, want)
+			}
+		}
+	})
+
+	t.Run("VMs reach fe80::a9fe:a9fe from their EUI-64 link-local address", func(t *testing.T) {
+		for i, vm := range vms {
+			url := "http://[" + vmnet.MetadataIPv6 + "%25" + vm.ns.Interface + "]/openstack/latest/meta_data.json"
+			resp, err := clients.Curl(ctx, vm.ns, http.MethodGet, url, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var md struct{ Hostname string }
+			if err := json.Unmarshal(resp.Body, &md); err != nil || resp.Status != http.StatusOK {
+				t.Fatalf("%s: %d %s (%v)", vm.ns.Name, resp.Status, resp.Body, err)
+			}
+			mac, err := net.ParseMAC(vm.os.MAC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			eui := net.IP{0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]}
+			if want := specs[i].net + "/" + eui.String() + "%" + nets[specs[i].net].Interface; md.Hostname != want {
+				t.Errorf("%s: answered %q, want %q (the link-local Neutron derives from the port MAC)", vm.ns.Name, md.Hostname, want)
 			}
 		}
 	})
