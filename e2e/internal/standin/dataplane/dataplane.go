@@ -265,6 +265,9 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		return nil, errors.New("listener_filters, use_original_dst, api/internal listeners, transparent and filter_chain_matcher are not supported by the stand-in")
 	}
 	freebind := l.GetFreebind().GetValue()
+	// Envoy sets SO_REUSEPORT on listener sockets unless enable_reuse_port is false (it defaults
+	// to true on Linux), so a listener can be bound beside another process's, e.g. haproxy's.
+	reusePort := l.GetEnableReusePort() == nil || l.GetEnableReusePort().GetValue()
 	opts, err := socketOptions(l.GetSocketOptions())
 	if err != nil {
 		return nil, err
@@ -273,6 +276,7 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.ReusePort = reusePort
 	spec.sockets = append(spec.sockets, s)
 	for _, aa := range l.GetAdditionalAddresses() {
 		aopts := opts
@@ -285,6 +289,7 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("additional address: %w", err)
 		}
+		s.ReusePort = reusePort
 		spec.sockets = append(spec.sockets, s)
 	}
 	chains := l.GetFilterChains()

@@ -28,6 +28,11 @@ type Spec struct {
 	NetnsPath string
 	// Freebind sets IP_FREEBIND so the address need not be configured yet.
 	Freebind bool
+	// ReusePort sets SO_REUSEPORT before bind, as Envoy does for listeners unless
+	// enable_reuse_port is false: the socket then shares its address with other SO_REUSEPORT
+	// sockets of the same user (another proxy, a previous version of this listener) and the
+	// kernel spreads new connections between them.
+	ReusePort bool
 	// Options are socket options set before bind (Prebind) or after listen (otherwise), like
 	// Envoy's SocketOption; SO_BINDTODEVICE is what makes a link-local IPv6 address without a
 	// zone bindable.
@@ -63,6 +68,12 @@ func Listen(ctx context.Context, s Spec) (net.Listener, error) {
 	lc.Control = func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
+			if s.ReusePort {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+					serr = fmt.Errorf("setsockopt(SO_REUSEPORT): %w", serr)
+					return
+				}
+			}
 			if s.Freebind {
 				if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1); serr != nil {
 					return

@@ -1,0 +1,78 @@
+package dataplane
+
+import (
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func socketAddress(port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// TestParseListenerReusePort checks Envoy's default: SO_REUSEPORT on every socket of a listener
+// unless enable_reuse_port is false.
+func TestParseListenerReusePort(t *testing.T) {
+	tests := map[string]struct {
+		enable *wrapperspb.BoolValue
+		want   bool
+	}{
+		"unset (Envoy's default)": {want: true},
+		"true":                    {enable: wrapperspb.Bool(true), want: true},
+		"false":                   {enable: wrapperspb.Bool(false), want: false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m := &hcmv3.HttpConnectionManager{
+				StatPrefix: "metadata",
+				RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+					Name: "metadata",
+					VirtualHosts: []*routev3.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{{
+						Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 200}},
+					}}}},
+				}},
+				HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}}},
+			}
+			l := &listenerv3.Listener{
+				Name:                "l",
+				Address:             socketAddress(8080),
+				AdditionalAddresses: []*listenerv3.AdditionalAddress{{Address: socketAddress(8081)}},
+				EnableReusePort:     tc.enable,
+				FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+					Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, m)},
+				}}}},
+			}
+			spec, err := parseListener(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(spec.sockets) != 2 {
+				t.Fatalf("%d sockets, want 2", len(spec.sockets))
+			}
+			for _, s := range spec.sockets {
+				if s.ReusePort != tc.want {
+					t.Errorf("socket %s: ReusePort %v, want %v", s.Address, s.ReusePort, tc.want)
+				}
+			}
+		})
+	}
+}
