@@ -128,13 +128,6 @@ var (
 		http.StatusServiceUnavailable, http.StatusGatewayTimeout}
 )
 
-func outcomeName(o portcache.Outcome) string {
-	if int(o) < len(outcomeNames) {
-		return outcomeNames[o]
-	}
-	return o.String()
-}
-
 // metrics are the Decider's instruments. The hot path only adds to an atomic counter and records
 // the latency histogram: request and cache-lookup counts are kept in atomics and reported by
 // observable counters when /metrics is scraped, so that counting costs no attribute-set lookup.
