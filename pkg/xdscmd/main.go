@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/metaproxy/metaproxy/pkg/osclient"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"github.com/metaproxy/metaproxy/pkg/version"
 	"github.com/metaproxy/metaproxy/pkg/xds/serve"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
@@ -127,14 +128,19 @@ func newLogger(cfg Config, w io.Writer) (*slog.Logger, error) {
 }
 
 // newSource builds the configured network source.
-func newSource(ctx context.Context, cfg Config, log *slog.Logger) (source.Source, error) {
+// With tracing on, every Neutron request is a client span, child of the poll's source read.
+func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Telemetry) (source.Source, error) {
 	switch cfg.SourceKind() {
 	case "file":
 		return source.NewFile(cfg.NetworksFile, cfg.NetnsDir), nil
 	case "netns":
 		return source.NewNamespaces(cfg.NetnsDir, cfg.NodeID, cfg.Routers, log.With("source", "netns"))
 	default:
-		client, err := osclient.NewNetworkClient(ctx, osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: 30 * time.Second})
+		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: 30 * time.Second}
+		if tel.Tracing {
+			o.Transport = telemetry.HTTPTransport(nil, tel.TracerProvider, tel.Propagator, "neutron")
+		}
+		client, err := osclient.NewNetworkClient(ctx, o)
 		if err != nil {
 			return nil, fmt.Errorf("neutron client: %w", err)
 		}
@@ -154,7 +160,19 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	if err != nil {
 		return err
 	}
-	src, err := newSource(ctx, cfg, log)
+	tel, err := telemetry.New(ctx, telemetry.Options{ServiceName: ServiceName, Version: version.String()})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Flush the last spans; bounded so that an unreachable collector cannot hold the exit.
+		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(shut); err != nil {
+			log.Warn("telemetry shutdown", "error", err)
+		}
+	}()
+	src, err := newSource(ctx, cfg, log, tel)
 	if err != nil {
 		return err
 	}
@@ -164,6 +182,12 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	snaps := serve.NewSnapshots(log)
 	cb := serve.NewCallbacks(log)
 	poller := &serve.Poller{Source: src, Shared: shared, Snapshots: snaps, Interval: cfg.PollInterval, Log: log}
+	if tel.Tracing {
+		poller.Tracer = tel.TracerProvider.Tracer(serve.InstrumentationName)
+	}
+	if err := serve.Instrument(tel.MeterProvider, cb, snaps, poller); err != nil {
+		return fmt.Errorf("xds metrics: %w", err)
+	}
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -171,7 +195,7 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	}
 	log.Info("starting xds", "source", cfg.SourceKind(), "poll_interval", cfg.PollInterval,
 		"nova", settings.Nova.Hosts, "nova_protocol", settings.Nova.Protocol, "extproc", settings.ExtProc.Address,
-		"rate_limit", settings.RateLimit.Enabled)
+		"rate_limit", settings.RateLimit.Enabled, "tracing", tracingState(tel))
 
 	errc := make(chan error, 3)
 	running := 0
@@ -179,7 +203,7 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	start(func() error { return poller.Run(ctx) })
 	start(func() error { return serve.Serve(ctx, serve.NewGRPCServer(ctx, snaps, cb), lis, log) })
 	if cfg.AdminListen != "" {
-		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, cb), ReadHeaderTimeout: 5 * time.Second}
+		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
 		adminLis, err := net.Listen("tcp", cfg.AdminListen)
 		if err != nil {
 			cancel()
@@ -209,11 +233,25 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	return first
 }
 
-// adminMux serves /healthz (process up), /readyz (snapshots reflect a successful poll) and /metrics
-// (plain counters in the Prometheus text format). Kept in one function so that instrumentation can
-// replace it.
-func adminMux(p *serve.Poller, cb *serve.Callbacks) *http.ServeMux {
+// ServiceName is service.name of cmd/xds's traces (OTEL_SERVICE_NAME overrides it).
+const ServiceName = "metaproxy-xds"
+
+// MetricNames lists every metric family cmd/xds exports on /metrics besides the Go runtime's
+// (go_*) and the process's (process_*).
+func MetricNames() []string { return serve.MetricNames() }
+
+func tracingState(tel *telemetry.Telemetry) string {
+	if !tel.Tracing {
+		return "off (no OTEL_EXPORTER_OTLP_ENDPOINT)"
+	}
+	return "otlp " + tel.Endpoint
+}
+
+// adminMux serves /healthz (process up), /readyz (snapshots reflect a successful poll) and
+// /metrics (metrics, from the service's own registry).
+func adminMux(p *serve.Poller, metrics http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !p.Ready() {
@@ -221,15 +259,6 @@ func adminMux(p *serve.Poller, cb *serve.Callbacks) *http.ServeMux {
 			return
 		}
 		fmt.Fprintln(w, "ready")
-	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
-		st := cb.Stats()
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		fmt.Fprintf(w, "# TYPE metaproxy_xds_acks_total counter\nmetaproxy_xds_acks_total %d\n", st.ACKs)
-		fmt.Fprintf(w, "# TYPE metaproxy_xds_nacks_total counter\nmetaproxy_xds_nacks_total %d\n", st.NACKs)
-		fmt.Fprintf(w, "# TYPE metaproxy_xds_streams gauge\nmetaproxy_xds_streams %d\n", st.Streams)
-		fmt.Fprintf(w, "# TYPE metaproxy_xds_connected_nodes gauge\nmetaproxy_xds_connected_nodes %d\n", len(st.Nodes))
-		fmt.Fprintf(w, "# TYPE metaproxy_xds_poll_failures_total counter\nmetaproxy_xds_poll_failures_total %d\n", p.Failures())
 	})
 	return mux
 }

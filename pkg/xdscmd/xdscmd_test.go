@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/metaproxy/metaproxy/pkg/xds/serve"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xds/translate"
 )
@@ -309,6 +310,33 @@ func TestMainServesNetworksFile(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz = %d, want 200 after the first poll", resp.StatusCode)
+	}
+
+	// /metrics comes from the OpenTelemetry Prometheus exporter and names the connected node.
+	resp, err = http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"metaproxy_xds_connected_nodes 1", `metaproxy_xds_listeners{node="n1"} 2`, "metaproxy_xds_ready 1",
+		"metaproxy_xds_poll_failures_total 0", "go_goroutines ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
+	}
+	for _, n := range MetricNames() {
+		if n == serve.MetricACKs || n == serve.MetricNACKs {
+			continue // by type URL: they appear with the first ACK or NACK, and this test sends none
+		}
+		if !strings.Contains(string(body), "\n"+n) {
+			t.Errorf("/metrics lacks %s", n)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,8 @@ type Callbacks struct {
 
 	mu      sync.Mutex
 	streams map[int64]string // stream id -> node id ("" until the node is known)
+	// ackByType and nackByType count ACKs and NACKs per resource type URL.
+	ackByType, nackByType map[string]int64
 }
 
 var _ serverv3.Callbacks = (*Callbacks)(nil)
@@ -31,6 +34,9 @@ type Stats struct {
 	// Streams is the number of open xDS streams; Nodes the distinct node ids on them, sorted.
 	Streams int
 	Nodes   []string
+	// ACKsByType and NACKsByType split ACKs and NACKs by resource type URL (a type never acknowledged
+	// or rejected is absent).
+	ACKsByType, NACKsByType map[string]int64
 }
 
 // NewCallbacks returns callbacks logging to log.
@@ -38,7 +44,7 @@ func NewCallbacks(log *slog.Logger) *Callbacks {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Callbacks{log: log, streams: map[int64]string{}}
+	return &Callbacks{log: log, streams: map[int64]string{}, ackByType: map[string]int64{}, nackByType: map[string]int64{}}
 }
 
 // Stats returns the current counters.
@@ -50,7 +56,7 @@ func (c *Callbacks) Stats() Stats {
 			seen[n] = true
 		}
 	}
-	st := Stats{Streams: len(c.streams)}
+	st := Stats{Streams: len(c.streams), ACKsByType: maps.Clone(c.ackByType), NACKsByType: maps.Clone(c.nackByType)}
 	c.mu.Unlock()
 	for n := range seen {
 		st.Nodes = append(st.Nodes, n)
@@ -92,6 +98,12 @@ func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version
 	}
 	c.mu.Lock()
 	nid := c.streams[id]
+	switch {
+	case errMsg != nil:
+		c.nackByType[typeURL]++
+	case nonce != "":
+		c.ackByType[typeURL]++
+	}
 	c.mu.Unlock()
 	switch {
 	case errMsg != nil:

@@ -15,6 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
@@ -27,8 +28,15 @@ type Snapshots struct {
 	cache cache.SnapshotCache
 	log   *slog.Logger
 
-	mu       sync.Mutex
-	versions map[string]string // node id -> version of the snapshot set
+	mu        sync.Mutex
+	versions  map[string]string // node id -> version of the snapshot set
+	listeners map[string]int    // node id -> listeners in that snapshot
+}
+
+// NodeState describes the snapshot a node has.
+type NodeState struct {
+	Node, Version string
+	Listeners     int
 }
 
 // NewSnapshots returns an empty snapshot store logging to log.
@@ -39,8 +47,21 @@ func NewSnapshots(log *slog.Logger) *Snapshots {
 	return &Snapshots{
 		cache:    cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(log.With("component", "snapshot-cache"))),
 		log:      log,
-		versions: map[string]string{},
+		versions:  map[string]string{},
+		listeners: map[string]int{},
 	}
+}
+
+// Nodes returns the state of every node that has a snapshot, sorted by node id.
+func (s *Snapshots) Nodes() []NodeState {
+	s.mu.Lock()
+	out := make([]NodeState, 0, len(s.versions))
+	for n, v := range s.versions {
+		out = append(out, NodeState{Node: n, Version: v, Listeners: s.listeners[n]})
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
 }
 
 // Cache returns the snapshot cache the xDS server serves from.
@@ -83,6 +104,7 @@ func (s *Snapshots) Set(ctx context.Context, node string, res translate.Resource
 		return false, fmt.Errorf("node %s: set snapshot: %w", node, err)
 	}
 	s.versions[node] = version
+	s.listeners[node] = len(res.Listeners)
 	s.log.Info("snapshot set", "node", node, "version", version,
 		"listeners", len(res.Listeners), "routes", len(res.Routes), "clusters", len(res.Clusters))
 	return true, nil
@@ -106,14 +128,26 @@ func (s *Snapshots) Apply(ctx context.Context, sh *translate.Shared, nodes sourc
 	s.mu.Unlock()
 	sort.Strings(names)
 
+	// Spans are children of the caller's (the poll's); with no recording span in ctx, none are made.
+	tracer := trace.SpanFromContext(ctx).TracerProvider().Tracer(InstrumentationName)
 	var errs []error
 	for _, node := range names {
+		nodeAttr := AttrNode.String(node)
+		_, build := tracer.Start(ctx, SpanSnapshotBuild, trace.WithAttributes(nodeAttr, AttrNetworks.Int(len(nodes[node]))))
 		res, err := sh.Node(nodes[node])
 		if err != nil {
-			errs = append(errs, fmt.Errorf("node %s: translate: %w", node, err))
+			err = fmt.Errorf("node %s: translate: %w", node, err)
+			endSpan(build, err)
+			errs = append(errs, err)
 			continue
 		}
-		if _, err := s.Set(ctx, node, res); err != nil {
+		build.SetAttributes(AttrListeners.Int(len(res.Listeners)))
+		build.End()
+		pctx, push := tracer.Start(ctx, SpanSnapshotPush, trace.WithAttributes(nodeAttr))
+		changed, err := s.Set(pctx, node, res)
+		push.SetAttributes(AttrChanged.Bool(changed), AttrVersion.String(s.Version(node)))
+		endSpan(push, err)
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
