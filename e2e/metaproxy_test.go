@@ -325,6 +325,20 @@ func TestMetadataPath(t *testing.T) {
 		if r.Status != http.StatusForbidden {
 			t.Errorf("wrong secret: %d %s, want nova's 403", r.Status, r.Body)
 		}
+		// ... and cmd/extproc, which asked to see nova's answer to that first request, says why.
+		eventually(t, 5*time.Second, "extproc logs and counts the refused signature", func() error {
+			if !strings.Contains(e.extproc.logs(), "nova refused the signature") {
+				return fmt.Errorf("no 'nova refused the signature' line in the extproc log")
+			}
+			_, metrics, err := httpGet("http://" + e.extprocAdmin + "/metrics")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(metrics, `metaproxy_extproc_nova_verdicts_total{`) || !strings.Contains(metrics, `status="403"`) {
+				return fmt.Errorf("no 403 in metaproxy_extproc_nova_verdicts_total")
+			}
+			return nil
+		})
 		e.restartExtproc(t)
 		ownMetadata(t, e.vms["a1"], e.curl(t, e.vms["a1"], "GET", "/openstack/latest/meta_data.json", nil, nil))
 	})

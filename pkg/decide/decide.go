@@ -14,8 +14,10 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocfv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -119,12 +121,42 @@ func (d *Decider) CacheLen() int { return d.cache.Len() }
 
 // RequestHeaders answers one request_headers message on a stream whose initial metadata is md, and
 // logs it when it is not forwarded. The response is shared between requests and must not be modified.
-func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+//
+// For the request that filled the cache (outcome miss), the answer also asks Envoy (mode_override;
+// the listener allows it) to send nova's response headers on the same stream, and the returned
+// check is to be called with nova's status: a signature nova refuses is then logged and counted at
+// once, not only seen as 403s by VMs. Every other request stays one round trip; check is nil then.
+func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(context.Context, int)) {
 	resp, dec := d.Decide(ctx, md, req)
-	if dec.Status != http.StatusOK {
+	switch {
+	case dec.Status != http.StatusOK:
 		d.logNotForwarded(ctx, &dec)
+		return resp, nil
+	case dec.Outcome != portcache.Miss:
+		return resp, nil
 	}
-	return resp
+	return &extprocv3.ProcessingResponse{Response: resp.Response, ModeOverride: seeNovaResponse},
+		func(ctx context.Context, status int) { d.novaVerdict(ctx, dec, status) }
+}
+
+// seeNovaResponse is the mode_override that asks for nova's response headers.
+var seeNovaResponse = &extprocfv3.ProcessingMode{ResponseHeaderMode: extprocfv3.ProcessingMode_SEND}
+
+// novaVerdict records what nova answered a request signed for dec.Instance.
+func (d *Decider) novaVerdict(ctx context.Context, dec Decision, status int) {
+	if d.metrics != nil {
+		d.metrics.novaVerdicts.Add(ctx, 1, metric.WithAttributes(attribute.Int("status", status)))
+	}
+	attrs := []slog.Attr{slog.Int("nova_status", status), slog.String("instance_id", dec.Instance.InstanceID),
+		slog.String(dec.Query.Scope.Kind.String(), dec.Query.Scope.ID), slog.String("vm_addr", dec.Query.Addr.String())}
+	switch {
+	case status == http.StatusForbidden:
+		d.log.LogAttrs(ctx, slog.LevelError, "nova refused the signature: the shared secret of metaproxy differs from nova's [neutron] metadata_proxy_shared_secret; change both together (docs/operations.md)", attrs...)
+	case status == http.StatusNotFound:
+		d.log.LogAttrs(ctx, slog.LevelWarn, "nova does not know this instance in this project: the port's device_id is not a nova instance, or its project differs", attrs...)
+	case status >= 500:
+		d.log.LogAttrs(ctx, slog.LevelWarn, "nova failed to answer a signed request", attrs...)
+	}
 }
 
 // logNotForwarded writes the line of a decision that is not 200, unless the rate limit drops it.

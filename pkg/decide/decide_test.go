@@ -1,12 +1,15 @@
 package decide
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 
+	extprocfv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -74,4 +77,35 @@ func BenchmarkDecideHit(b *testing.B) {
 			d.Decide(context.Background(), md, r)
 		}
 	})
+}
+
+// TestMissAsksForNovaVerdict: the request that filled the cache asks Envoy for nova's response
+// headers, and a 403 there is logged as a refused signature; hits stay one round trip.
+func TestMissAsksForNovaVerdict(t *testing.T) {
+	var logs bytes.Buffer
+	s, _ := sign.New([]byte("s3cr3t"))
+	d, err := New(oneVM{}, s, portcache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	resp, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
+	if resp.GetModeOverride().GetResponseHeaderMode() != extprocfv3.ProcessingMode_SEND || check == nil {
+		t.Fatalf("miss: mode_override %v, check %v; want response headers SEND and a check", resp.GetModeOverride(), check != nil)
+	}
+	if resp.GetRequestHeaders().GetResponse().GetHeaderMutation() == nil {
+		t.Fatal("miss: the signed mutation is missing")
+	}
+	check(context.Background(), 403)
+	if !strings.Contains(logs.String(), "nova refused the signature") || !strings.Contains(logs.String(), "instance_id=0a1b2c3d-0000-4000-8000-000000000001") {
+		t.Errorf("403 log:\n%s", logs.String())
+	}
+	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.5:2"))
+	if resp.GetModeOverride() != nil || check != nil {
+		t.Errorf("hit: mode_override %v, check %v; want neither", resp.GetModeOverride(), check != nil)
+	}
+	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.9:2"))
+	if resp.GetImmediateResponse() == nil || check != nil {
+		t.Errorf("not found: %v, check %v", resp, check != nil)
+	}
 }

@@ -58,6 +58,8 @@ const (
 	MetricResolverLookups      = "metaproxy_extproc_resolver_lookups_total"
 	MetricResolverDuration     = "metaproxy_extproc_resolver_lookup_duration_seconds"
 	MetricLogLinesSuppressed   = "metaproxy_extproc_log_lines_suppressed_total"
+	MetricNovaVerdicts         = "metaproxy_extproc_nova_verdicts_total"
+	instrumentNovaVerdicts     = "metaproxy.extproc.nova.verdicts"
 	instrumentRequests         = "metaproxy.extproc.requests"
 	instrumentDecisionDuration = "metaproxy.extproc.decision.duration"
 	instrumentCacheLookups     = "metaproxy.extproc.cache.lookups"
@@ -72,7 +74,7 @@ const (
 // MetricNames lists every metric family a Decider with metrics exports.
 func MetricNames() []string {
 	return []string{MetricRequests, MetricDecisionDuration, MetricCacheLookups, MetricCacheEvictions, MetricCacheEntries,
-		MetricCacheCapacity, MetricResolverLookups, MetricResolverDuration, MetricLogLinesSuppressed}
+		MetricCacheCapacity, MetricResolverLookups, MetricResolverDuration, MetricLogLinesSuppressed, MetricNovaVerdicts}
 }
 
 // LatencyBuckets are the histogram boundaries, in seconds, of the decision and resolver latencies:
@@ -136,6 +138,7 @@ type metrics struct {
 	resolves       metric.Int64Counter
 	resolveLatency metric.Float64Histogram
 	suppressed     metric.Int64Counter
+	novaVerdicts   metric.Int64Counter
 
 	// requests[outcome][status index]; the last status slot counts statuses not in statusCodes.
 	requests  [len(outcomeNames)][len(statusCodes) + 1]atomic.Uint64
@@ -165,6 +168,9 @@ func newMetrics(mp metric.MeterProvider, source string, cacheLen func() int, cap
 	add(err)
 	m.suppressed, err = meter.Int64Counter(instrumentLogSuppressed, metric.WithUnit("{line}"),
 		metric.WithDescription("'metadata request not forwarded' log lines dropped by the log rate limit."))
+	add(err)
+	m.novaVerdicts, err = meter.Int64Counter(instrumentNovaVerdicts, metric.WithUnit("{response}"),
+		metric.WithDescription("Nova's response status to the first request of a VM after each cache fill (the requests whose nova answer cmd/extproc asks to see); 403 means nova refused the signature."))
 	add(err)
 	requests, err := meter.Int64ObservableCounter(instrumentRequests, metric.WithUnit("{request}"),
 		metric.WithDescription("Metadata requests decided, by cache outcome (none: rejected before the lookup) and the HTTP status decided (200: forwarded to nova signed)."))
@@ -205,6 +211,7 @@ func newMetrics(mp metric.MeterProvider, source string, cacheLen func() int, cap
 		m.resolves.Add(context.Background(), 0, m.resultOpts[r]...)
 	}
 	m.suppressed.Add(context.Background(), 0)
+	m.novaVerdicts.Add(context.Background(), 0)
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for oi := range outcomeNames {
 			var total uint64

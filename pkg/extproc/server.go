@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -25,8 +26,10 @@ import (
 )
 
 // Processor answers the request_headers message of one stream. md is the stream's initial metadata.
+// When the answer asks Envoy for the upstream's response headers (mode_override), check is called
+// with the upstream's status once they arrive on the stream; it is nil otherwise.
 type Processor interface {
-	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse
+	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(ctx context.Context, status int))
 }
 
 // Server implements ExternalProcessor over a Processor.
@@ -94,6 +97,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		defer s.inFlight.Add(context.WithoutCancel(ctx), -1)
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
+	var check func(context.Context, int)
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -105,8 +109,12 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		var resp *extprocv3.ProcessingResponse
 		switch req.GetRequest().(type) {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
-			resp = s.proc.RequestHeaders(ctx, md, req)
+			resp, check = s.proc.RequestHeaders(ctx, md, req)
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			if check != nil {
+				check(ctx, responseStatus(req.GetResponseHeaders()))
+				check = nil
+			}
 			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
 		case *extprocv3.ProcessingRequest_RequestBody:
 			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
@@ -126,6 +134,21 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return status.Errorf(codes.Unknown, "send: %v", err)
 		}
 	}
+}
+
+// responseStatus reads :status from response headers (0 when absent or not a number).
+func responseStatus(h *extprocv3.HttpHeaders) int {
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		if hv.GetKey() == ":status" {
+			v := hv.GetRawValue()
+			if len(v) == 0 {
+				v = []byte(hv.GetValue())
+			}
+			n, _ := strconv.Atoi(string(v))
+			return n
+		}
+	}
+	return 0
 }
 
 // Listen opens addr: "unix:///path/to.sock" (a stale socket file is replaced, the socket is made

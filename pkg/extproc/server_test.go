@@ -413,3 +413,46 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 		t.Error("empty socket path accepted")
 	}
 }
+
+// verdictProcessor answers with a fixed response and a check that records nova's status.
+type verdictProcessor struct{ got chan int }
+
+func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
+		func(_ context.Context, status int) { v.got <- status }
+}
+
+func TestResponseHeadersReachTheCheck(t *testing.T) {
+	p := verdictProcessor{got: make(chan int, 1)}
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := extproc.Listen("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := extproc.NewGRPCServer(extproc.NewServer(p, slog.New(slog.DiscardHandler)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go extproc.Serve(ctx, g, l)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(envoyHeaders("10.0.0.5:1"))
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte("403")}, {Key: "content-type", RawValue: []byte("text/html")}}}}}})
+	resp, err := stream.Recv()
+	if err != nil || resp.GetResponseHeaders() == nil || resp.GetResponseHeaders().GetResponse().GetHeaderMutation() != nil {
+		t.Fatalf("response headers answer %v, %v; want an unchanged HeadersResponse", resp, err)
+	}
+	if got := <-p.got; got != 403 {
+		t.Errorf("check saw status %d, want 403", got)
+	}
+}
