@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -89,7 +90,9 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool, te
 		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL}
 		if tel != nil && tel.Tracing {
 			// Every Neutron request becomes a client span, child of the cache lookup that needed it.
-			o.Transport = telemetry.HTTPTransport(nil, tel.TracerProvider, tel.Propagator, "neutron")
+			o.WrapTransport = func(base http.RoundTripper) http.RoundTripper {
+				return telemetry.HTTPTransport(base, tel.TracerProvider, tel.Propagator, "neutron")
+			}
 		}
 		client, err := osclient.NewNetworkClient(ctx, o)
 		if err != nil {

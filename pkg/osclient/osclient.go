@@ -30,8 +30,9 @@ type Options struct {
 	// Timeout bounds every HTTP request to Keystone and Neutron (0: no client-wide bound; callers
 	// still pass contexts with deadlines).
 	Timeout time.Duration
-	// Transport, when set, carries every request (e.g. an otelhttp-instrumented transport).
-	Transport http.RoundTripper
+	// WrapTransport, when set, wraps the transport that carries every request (e.g. with otelhttp),
+	// after the TLS settings of clouds.yaml were applied to it.
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // ErrNoCredentials is returned when no way to reach Neutron was configured.
@@ -43,7 +44,7 @@ func NewNetworkClient(ctx context.Context, o Options) (*gophercloud.ServiceClien
 	if o.Cloud != "" && o.NeutronURL != "" {
 		return nil, errors.New("choose one of a clouds.yaml entry and a noauth Neutron URL, not both")
 	}
-	httpClient := http.Client{Timeout: o.Timeout, Transport: o.Transport}
+	httpClient := http.Client{Timeout: o.Timeout, Transport: o.wrap(nil)}
 	if o.NeutronURL != "" {
 		return noauthClient(o.NeutronURL, httpClient)
 	}
@@ -76,13 +77,9 @@ func NewNetworkClient(ctx context.Context, o Options) (*gophercloud.ServiceClien
 		return nil, fmt.Errorf("keystone endpoint %q: %w", authOpts.IdentityEndpoint, err)
 	}
 	if tlsConf != nil {
-		base := o.Transport
-		if base == nil {
-			t := http.DefaultTransport.(*http.Transport).Clone()
-			t.TLSClientConfig = tlsConf
-			base = t
-		}
-		httpClient.Transport = base
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = tlsConf
+		httpClient.Transport = o.wrap(t)
 	}
 	provider.HTTPClient = httpClient
 	if err := openstack.Authenticate(ctx, provider, authOpts); err != nil {
@@ -93,6 +90,17 @@ func NewNetworkClient(ctx context.Context, o Options) (*gophercloud.ServiceClien
 		return nil, fmt.Errorf("find the network endpoint in the service catalog: %w", err)
 	}
 	return client, nil
+}
+
+// wrap applies WrapTransport to base (nil: Go's default transport).
+func (o Options) wrap(base http.RoundTripper) http.RoundTripper {
+	if o.WrapTransport == nil {
+		return base
+	}
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return o.WrapTransport(base)
 }
 
 func noauthClient(raw string, httpClient http.Client) (*gophercloud.ServiceClient, error) {

@@ -2,12 +2,14 @@ package osclient
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/networks"
@@ -125,3 +127,44 @@ func TestOptionErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestCloudsYAMLTLSIsKeptWhenTransportIsWrapped: the CA of clouds.yaml verifies Keystone and
+// Neutron even when the transport is wrapped (tracing), and every request goes through the wrapper.
+func TestCloudsYAMLTLSIsKeptWhenTransportIsWrapped(t *testing.T) {
+	var token string
+	mux := neutron(t, &token)
+	var srv *httptest.Server
+	mux.HandleFunc("POST /identity/v3/auth/tokens", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Subject-Token", "tok-tls")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"token":{"expires_at":"2099-01-01T00:00:00Z","catalog":[{"type":"network","name":"neutron",
+"endpoints":[{"interface":"public","region":"RegionOne","region_id":"RegionOne","url":%q}]}]}}`, srv.URL+"/network/")
+	})
+	srv = httptest.NewTLSServer(mux)
+	defer srv.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clouds := filepath.Join(dir, "clouds.yaml")
+	yaml := fmt.Sprintf("clouds:\n  lab:\n    auth:\n      auth_url: %s/identity/v3\n      username: u\n      password: p\n      project_name: service\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    cacert: %s\n", srv.URL, ca)
+	if err := os.WriteFile(clouds, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OS_CLIENT_CONFIG_FILE", clouds)
+	var wrapped atomic.Int64
+	o := Options{Cloud: "lab", WrapTransport: func(base http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) { wrapped.Add(1); return base.RoundTrip(r) })
+	}}
+	if got := listNames(t, o); len(got) != 1 || token != "tok-tls" {
+		t.Fatalf("networks %v, token %q", got, token)
+	}
+	if wrapped.Load() < 2 {
+		t.Errorf("%d requests went through the wrapper, want keystone's and neutron's", wrapped.Load())
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
