@@ -138,7 +138,9 @@ func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry
 	default:
 		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: 30 * time.Second}
 		if tel.Tracing {
-			o.Transport = telemetry.HTTPTransport(nil, tel.TracerProvider, tel.Propagator, "neutron")
+			o.WrapTransport = func(base http.RoundTripper) http.RoundTripper {
+				return telemetry.HTTPTransport(base, tel.TracerProvider, tel.Propagator, "neutron")
+			}
 		}
 		client, err := osclient.NewNetworkClient(ctx, o)
 		if err != nil {
