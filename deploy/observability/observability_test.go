@@ -14,13 +14,15 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproccmd"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
+	"github.com/metaproxy/metaproxy/pkg/xdscmd"
 )
 
 // metricRef matches the metric names the files may use: ours, the Go runtime's and the process's.
 var metricRef = regexp.MustCompile(`\b(?:metaproxy|go|process)_[a-z0-9_]+\b`)
 
-// exported returns every series name cmd/extproc exports: its own families (histograms as their
-// _bucket, _sum and _count series) and those of the Go and process collectors on its registry.
+// exported returns every series name cmd/extproc and cmd/xds export: their own families
+// (histograms as their _bucket, _sum and _count series) and those of the Go and process collectors
+// on their registries.
 func exported(t *testing.T) map[string]bool {
 	t.Helper()
 	names := map[string]bool{}
@@ -30,6 +32,9 @@ func exported(t *testing.T) map[string]bool {
 		if slices.Contains(histograms, n) {
 			names[n+"_bucket"], names[n+"_sum"], names[n+"_count"] = true, true, true
 		}
+	}
+	for _, n := range xdscmd.MetricNames() {
+		names[n] = true
 	}
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
@@ -83,9 +88,21 @@ type rules struct {
 }
 
 func TestDashboard(t *testing.T) {
+	for name, tc := range map[string]struct {
+		json []byte
+		ours []string // every one must be on a panel
+	}{
+		"dashboard-extproc.json": {observability.DashboardExtproc, extproccmd.MetricNames()},
+		"dashboard-xds.json":     {observability.DashboardXDS, xdscmd.MetricNames()},
+	} {
+		t.Run(name, func(t *testing.T) { checkDashboard(t, tc.json, tc.ours) })
+	}
+}
+
+func checkDashboard(t *testing.T, raw []byte, ours []string) {
 	var d dashboard
-	if err := json.Unmarshal(observability.DashboardExtproc, &d); err != nil {
-		t.Fatalf("dashboard-extproc.json: %v", err)
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatalf("%v", err)
 	}
 	if d.Title == "" || d.UID == "" || len(d.Panels) == 0 {
 		t.Fatalf("dashboard without title, uid or panels: %+v", d)
@@ -116,7 +133,7 @@ func TestDashboard(t *testing.T) {
 		checkRefs(t.Errorf, "variable "+v.Name, v.Definition, metricRef.FindAllString(v.Definition, -1), names, used)
 	}
 	// Every metric of ours is on the dashboard.
-	for _, n := range extproccmd.MetricNames() {
+	for _, n := range ours {
 		if !used[n] && !used[n+"_bucket"] {
 			t.Errorf("%s is exported but on no dashboard panel", n)
 		}
@@ -174,7 +191,7 @@ func TestCheckCatchesUnknownNames(t *testing.T) {
 func checkRefs(errorf func(string, ...any), where, expr string, refs []string, names, used map[string]bool) {
 	for _, ref := range refs {
 		if !names[ref] {
-			errorf("%s: %q uses %s, which cmd/extproc does not export", where, expr, ref)
+			errorf("%s: %q uses %s, which neither cmd/extproc nor cmd/xds exports", where, expr, ref)
 		}
 		if used != nil {
 			used[ref] = true
