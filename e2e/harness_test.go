@@ -98,14 +98,54 @@ func (p *proc) exited() (bool, string) {
 	}
 }
 
+// signal sends sig to the process itself (not its group), e.g. SIGUSR1 to soft-stop haproxy.
+func (p *proc) signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return fmt.Errorf("%s is not running", p.name)
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// wait waits until the process exits or timeout passes, and reports whether it exited.
+func (p *proc) wait(timeout time.Duration) bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
 func (p *proc) logs() string {
 	b, _ := os.ReadFile(p.log)
 	return string(b)
 }
 
-// buildBinaries builds cmd/extproc, cmd/xds and the data-plane stand-in into dir.
+// buildBinaries builds cmd/extproc, cmd/xds and the data-plane stand-in into dir. With
+// METAPROXY_E2E_BINDIR set, it links the binaries already built there instead (e.g. from another
+// checkout while this one does not build).
 func buildBinaries(t *testing.T, dir string) {
 	t.Helper()
+	if pre := os.Getenv("METAPROXY_E2E_BINDIR"); pre != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range []string{"extproc", "xds", "standin"} {
+			abs, err := filepath.Abs(filepath.Join(pre, b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(abs, filepath.Join(dir, b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return
+	}
 	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/extproc", "./cmd/xds", "./e2e/cmd/standin")
 	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
