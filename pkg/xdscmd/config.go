@@ -37,6 +37,8 @@ type Config struct {
 	ExtProcAddress string
 	MessageTimeout time.Duration
 
+	EnvoyTracingCollector string
+
 	LogFormat string
 	LogLevel  string
 }
@@ -84,6 +86,7 @@ func newFlagSet(cfg *Config) *flag.FlagSet {
 	fs.BoolVar(&cfg.Nova.Insecure, "nova-insecure", false, "override nova_metadata_insecure: do not verify nova's certificate")
 	fs.StringVar(&cfg.ExtProcAddress, "extproc-address", "unix:///run/metaproxy/extproc.sock", "where Envoy reaches cmd/extproc: unix:///`PATH` or HOST:PORT")
 	fs.DurationVar(&cfg.MessageTimeout, "message-timeout", 5*time.Second, "ext_proc message_timeout: how long Envoy waits for cmd/extproc (a cache miss costs a Neutron round trip)")
+	fs.StringVar(&cfg.EnvoyTracingCollector, "envoy-tracing-collector", "", "turn on Envoy's OpenTelemetry tracing to the OTLP/gRPC collector at `HOST:PORT` (cluster otel_collector; empty: off)")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return fs
@@ -216,7 +219,8 @@ func (c Config) Settings() (translate.Settings, error) {
 			Hosts: translate.SplitHosts(n.Host), Port: n.Port, Protocol: n.Protocol,
 			CACert: n.CACert, ClientCert: n.ClientCert, ClientKey: n.ClientKey, Insecure: n.Insecure,
 		},
-		ExtProc: translate.ExtProc{Address: c.ExtProcAddress, MessageTimeout: c.MessageTimeout},
+		ExtProc:      translate.ExtProc{Address: c.ExtProcAddress, MessageTimeout: c.MessageTimeout},
+		EnvoyTracing: translate.EnvoyTracing{Collector: c.EnvoyTracingCollector},
 		Timeouts: translate.Timeouts{
 			HTTPRequest: ini.Haproxy.HTTPRequest, Connect: ini.Haproxy.Connect, Client: ini.Haproxy.Client,
 			Server: ini.Haproxy.Server, KeepAlive: ini.Haproxy.HTTPKeepAlive,

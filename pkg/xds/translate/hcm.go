@@ -26,8 +26,8 @@ import (
 //
 // The HCM of a network is shared by its IPv4 and IPv6 listeners (same stat_prefix, the listeners'
 // own stat_prefix tells them apart); rateLimit may differ per IP version, in which case each
-// version gets its own.
-func httpConnectionManager(statPrefix string, t Timeouts, rateLimit, extProc, router *anypb.Any) (*anypb.Any, error) {
+// version gets its own. tracing (nil: off) is Envoy's OpenTelemetry tracing, see EnvoyTracing.
+func httpConnectionManager(statPrefix string, t Timeouts, rateLimit, extProc, router *anypb.Any, tracing *hcmv3.HttpConnectionManager_Tracing) (*anypb.Any, error) {
 	var filters []*hcmv3.HttpFilter
 	if rateLimit != nil {
 		filters = append(filters, httpFilter(localRateLimitFilterName, rateLimit))
@@ -50,6 +50,7 @@ func httpConnectionManager(statPrefix string, t Timeouts, rateLimit, extProc, ro
 		RequestTimeout:            durationpb.New(t.HTTPRequest),
 		StreamIdleTimeout:         durationpb.New(t.Client),
 		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(t.KeepAlive)},
+		Tracing:                   tracing,
 	})
 }
 

@@ -55,7 +55,7 @@ func (sh *Shared) listeners(n source.Network) ([]*listenerv3.Listener, error) {
 		name := ListenerName(n.Kind, n.ID, int(v))
 		if i == 0 || sh.rateLimit[v] != hcmRateLimit {
 			hcmRateLimit = sh.rateLimit[v]
-			hcm, err = httpConnectionManager(statPrefix, sh.settings.Timeouts, hcmRateLimit, extProc, sh.router)
+			hcm, err = httpConnectionManager(statPrefix, sh.settings.Timeouts, hcmRateLimit, extProc, sh.router, sh.tracing)
 			if err != nil {
 				return nil, err
 			}

@@ -17,6 +17,8 @@ type Settings struct {
 	ExtProc   ExtProc
 	Timeouts  Timeouts
 	RateLimit RateLimit
+	// EnvoyTracing turns on Envoy's OpenTelemetry tracing (off by default).
+	EnvoyTracing EnvoyTracing
 }
 
 // Nova says how Envoy reaches nova's metadata API (metadata_agent.ini nova_metadata_*).
@@ -154,6 +156,9 @@ func (s Settings) Validate() error {
 		if rl.BaseQueryRateLimit < 1 || rl.BurstQueryRateLimit < 1 {
 			bad("rate limit: query limits must be at least 1")
 		}
+	}
+	if err := s.EnvoyTracing.validate(); err != nil {
+		bad("%v", err)
 	}
 	return errors.Join(errs...)
 }

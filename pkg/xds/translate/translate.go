@@ -8,6 +8,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -36,6 +37,8 @@ type Shared struct {
 	// rateLimit is the packed local rate limit filter per IP version (nil when off).
 	rateLimit map[ipVersion]*anypb.Any
 	router    *anypb.Any
+	// tracing is the HCM tracing configuration (nil when Envoy does not trace).
+	tracing *hcmv3.HttpConnectionManager_Tracing
 }
 
 // NewShared validates s and builds the node-independent resources.
@@ -59,7 +62,19 @@ func NewShared(s Settings) (*Shared, error) {
 	if err != nil {
 		return nil, err
 	}
-	sh := &Shared{settings: s, clusters: sortByName([]*clusterv3.Cluster{nova, ext}), route: route, rateLimit: map[ipVersion]*anypb.Any{}, router: router}
+	clusters := []*clusterv3.Cluster{nova, ext}
+	tracing, err := hcmTracing(s.EnvoyTracing)
+	if err != nil {
+		return nil, err
+	}
+	if tracing != nil {
+		otel, err := OTelCollectorCluster(s.EnvoyTracing)
+		if err != nil {
+			return nil, err
+		}
+		clusters = append(clusters, otel)
+	}
+	sh := &Shared{settings: s, clusters: sortByName(clusters), route: route, rateLimit: map[ipVersion]*anypb.Any{}, router: router, tracing: tracing}
 	if s.RateLimit.Enabled {
 		f, err := localRateLimitFilter(s.RateLimit)
 		if err != nil {

@@ -70,6 +70,12 @@ var goldenCases = map[string]struct {
 			s.Timeouts.Server = 60 * time.Second
 		},
 	},
+	"envoy-tracing": {
+		nets: []source.Network{network(net1, "")},
+		settings: func(s *Settings) {
+			s.EnvoyTracing = EnvoyTracing{Collector: "otel-collector.example.org:4317"}
+		},
+	},
 	"nova-https-insecure-one-name": {
 		settings: func(s *Settings) {
 			s.Nova = Nova{Hosts: []string{"nova.example.org"}, Port: 8775, Protocol: "https", Insecure: true}
@@ -182,6 +188,15 @@ func TestSettingsValidate(t *testing.T) {
 			},
 			want: []string{"no host", "port 0", "protocol \"ftp\"", "unix:///absolute/path", "message timeout", "timeout server"},
 		},
+		"envoy tracing collector without port": {
+			mutate: func(s *Settings) { s.EnvoyTracing.Collector = "otel-collector" },
+			want:   []string{"envoy tracing collector \"otel-collector\""},
+		},
+		"envoy tracing collector port 0": {
+			mutate: func(s *Settings) { s.EnvoyTracing.Collector = "127.0.0.1:0" },
+			want:   []string{"want HOST:PORT"},
+		},
+		"envoy tracing on": {mutate: func(s *Settings) { s.EnvoyTracing.Collector = "127.0.0.1:4317" }},
 		"tls material with http": {
 			mutate: func(s *Settings) { s.Nova.CACert = "/ca.pem" },
 			want:   []string{"protocol is http"},
