@@ -28,12 +28,12 @@ func benchDecide(b *testing.B, opts ...Option) {
 	}
 	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
 	r := req("10.0.0.5:41234")
-	d.Decide(context.Background(), md, r)
+	d.RequestHeaders(context.Background(), md, r)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			d.Decide(context.Background(), md, r)
+			d.RequestHeaders(context.Background(), md, r)
 		}
 	})
 }

@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/request"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
@@ -57,12 +58,16 @@ type Decision struct {
 	// TraceID is the trace the request belongs to: the decision span's when tracing, else (for
 	// decisions that are not 200 only) the one Envoy propagated, if any. Zero when unknown.
 	TraceID trace.TraceID
+
+	wire *extproc.Encoded // the signed answer, when Status is 200
 }
 
-// answer is what the cache keeps per (scope, address): the instance and its ready-made response.
+// answer is what the cache keeps per (scope, address): the instance and its ready-made response,
+// encoded (a quarter of the memory of the message, and sent without marshalling).
 type answer struct {
 	inst resolve.Instance
-	resp *extprocv3.ProcessingResponse
+	wire *extproc.Encoded
+	err  error // encoding failed: answered 500, not cached as a success
 }
 
 // Decider answers request_headers messages. It is safe for concurrent use.
@@ -126,17 +131,26 @@ func (d *Decider) CacheLen() int { return d.cache.Len() }
 // the listener allows it) to send nova's response headers on the same stream, and the returned
 // check is to be called with nova's status: a signature nova refuses is then logged and counted at
 // once, not only seen as 403s by VMs. Every other request stays one round trip; check is nil then.
-func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(context.Context, int)) {
-	resp, dec := d.Decide(ctx, md, req)
+func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (extproc.Answer, func(context.Context, int)) {
+	a, dec := d.answer(ctx, md, req)
 	switch {
 	case dec.Status != http.StatusOK:
 		d.logNotForwarded(ctx, &dec)
-		return resp, nil
+		return a, nil
 	case dec.Outcome != portcache.Miss:
-		return resp, nil
+		return a, nil
 	}
-	return &extprocv3.ProcessingResponse{Response: resp.Response, ModeOverride: seeNovaResponse},
-		func(ctx context.Context, status int) { d.novaVerdict(ctx, dec, status) }
+	wire, err := a.Wire.WithModeOverride(seeNovaResponse)
+	if err != nil {
+		return a, nil // nova's verdict is only observed, the signed request goes on regardless
+	}
+	return extproc.Answer{Wire: wire}, d.verdictCheck(dec)
+}
+
+// verdictCheck returns the check of nova's answer to dec. Kept apart so that only a miss pays for
+// the closure (capturing dec in RequestHeaders would move every decision to the heap).
+func (d *Decider) verdictCheck(dec Decision) func(context.Context, int) {
+	return func(ctx context.Context, status int) { d.novaVerdict(ctx, dec, status) }
 }
 
 // seeNovaResponse is the mode_override that asks for nova's response headers.
@@ -183,8 +197,22 @@ func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
 	d.log.LogAttrs(ctx, level, "metadata request not forwarded", attrs...)
 }
 
-// Decide answers one request_headers message and says what it decided.
+// Decide answers one request_headers message and says what it decided. It returns the message
+// itself (tools and tests); the service sends the encoded answer (RequestHeaders).
 func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+	a, dec := d.answer(ctx, md, req)
+	if a.Wire == nil {
+		return a.Msg, dec
+	}
+	m, err := a.Wire.Decode()
+	if err != nil {
+		return Immediate(http.StatusInternalServerError, "Internal error identifying this instance"), dec
+	}
+	return m, dec
+}
+
+// answer decides, with telemetry around it.
+func (d *Decider) answer(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (extproc.Answer, Decision) {
 	var start time.Time
 	if d.metrics != nil {
 		start = time.Now()
@@ -208,7 +236,15 @@ func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 	return resp, dec
 }
 
-func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (extproc.Answer, Decision) {
+	resp, dec := d.decideMsg(ctx, md, req)
+	if dec.wire != nil {
+		return extproc.Answer{Wire: dec.wire}, dec
+	}
+	return extproc.Answer{Msg: resp}, dec
+}
+
+func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
 	q, err := request.Decode(md, req)
 	if err != nil {
 		var re *request.Error
@@ -225,9 +261,12 @@ func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 		a, outcome, err = d.cache.Lookup(ctx, q)
 	}
 	dec := Decision{Query: q, Outcome: outcome}
+	if err == nil && a.err != nil {
+		err = a.err
+	}
 	if err == nil {
-		dec.Instance, dec.Status = a.inst, http.StatusOK
-		return a.resp, dec
+		dec.Instance, dec.Status, dec.wire = a.inst, http.StatusOK, a.wire
+		return nil, dec
 	}
 	dec.Err = err
 	var ambiguous *resolve.AmbiguousError
@@ -252,20 +291,30 @@ func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 
 // build signs once per cache fill and prepares the response every later hit sends as is.
 func (d *Decider) build(q resolve.Query, inst resolve.Instance) answer {
+	wire, err := extproc.Encode(d.signed(q, inst))
+	if err != nil {
+		return answer{err: err}
+	}
+	return answer{inst: inst, wire: wire}
+}
+
+// signed is the request_headers answer for inst: remove what the VM must not control, then set the
+// signed identity.
+func (d *Decider) signed(q resolve.Query, inst resolve.Instance) *extprocv3.ProcessingResponse {
 	set := []*corev3.HeaderValueOption{
 		rawHeader(HeaderInstanceID, inst.InstanceID),
 		rawHeader(HeaderTenantID, inst.ProjectID),
 		rawHeader(HeaderSignature, d.signer.Sign(inst.InstanceID)),
 		rawHeader(HeaderXFF, q.Addr.String()),
 	}
-	return answer{inst: inst, resp: &extprocv3.ProcessingResponse{
+	return &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
 			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
 				SetHeaders:    set,
 				RemoveHeaders: RemovedHeaders,
 			}},
 		}},
-	}}
+	}
 }
 
 // rawHeader overwrites key with value. Only raw_value is filled (value alone reaches nova as an

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -70,11 +71,11 @@ func BenchmarkDecideHit(b *testing.B) {
 	d := newDecider(b)
 	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
 	r := req("10.0.0.5:41234")
-	d.Decide(context.Background(), md, r)
+	d.RequestHeaders(context.Background(), md, r)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			d.Decide(context.Background(), md, r)
+			d.RequestHeaders(context.Background(), md, r)
 		}
 	})
 }
@@ -89,7 +90,8 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
-	resp, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
+	a, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
+	resp := decoded(t, a)
 	if resp.GetModeOverride().GetResponseHeaderMode() != extprocfv3.ProcessingMode_SEND || check == nil {
 		t.Fatalf("miss: mode_override %v, check %v; want response headers SEND and a check", resp.GetModeOverride(), check != nil)
 	}
@@ -100,12 +102,24 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 	if !strings.Contains(logs.String(), "nova refused the signature") || !strings.Contains(logs.String(), "instance_id=0a1b2c3d-0000-4000-8000-000000000001") {
 		t.Errorf("403 log:\n%s", logs.String())
 	}
-	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.5:2"))
-	if resp.GetModeOverride() != nil || check != nil {
-		t.Errorf("hit: mode_override %v, check %v; want neither", resp.GetModeOverride(), check != nil)
+	a, check = d.RequestHeaders(context.Background(), md, req("10.0.0.5:2"))
+	if resp := decoded(t, a); resp.GetModeOverride() != nil || check != nil || resp.GetRequestHeaders() == nil {
+		t.Errorf("hit: %v, check %v; want the signed answer without mode_override or check", resp, check != nil)
 	}
-	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.9:2"))
-	if resp.GetImmediateResponse() == nil || check != nil {
-		t.Errorf("not found: %v, check %v", resp, check != nil)
+	a, check = d.RequestHeaders(context.Background(), md, req("10.0.0.9:2"))
+	if a.Msg.GetImmediateResponse() == nil || a.Wire != nil || check != nil {
+		t.Errorf("not found: %v, check %v", a, check != nil)
 	}
+}
+
+func decoded(t *testing.T, a extproc.Answer) *extprocv3.ProcessingResponse {
+	t.Helper()
+	if a.Wire == nil {
+		t.Fatalf("answer %v is not encoded", a.Msg)
+	}
+	m, err := a.Wire.Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

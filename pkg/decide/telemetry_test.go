@@ -95,7 +95,9 @@ func newTraced(t *testing.T, neutron *fakeNeutron) *traced {
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
 	prop := telemetry.Propagator()
 	client, err := osclient.NewNetworkClient(context.Background(), osclient.Options{
-		NeutronURL: srv.URL, Transport: telemetry.HTTPTransport(nil, tp, prop, "neutron")})
+		NeutronURL: srv.URL, WrapTransport: func(base http.RoundTripper) http.RoundTripper {
+			return telemetry.HTTPTransport(base, tp, prop, "neutron")
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

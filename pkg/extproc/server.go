@@ -29,7 +29,7 @@ import (
 // When the answer asks Envoy for the upstream's response headers (mode_override), check is called
 // with the upstream's status once they arrive on the stream; it is nil otherwise.
 type Processor interface {
-	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(ctx context.Context, status int))
+	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (a Answer, check func(ctx context.Context, status int))
 }
 
 // Server implements ExternalProcessor over a Processor.
@@ -109,7 +109,15 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		var resp *extprocv3.ProcessingResponse
 		switch req.GetRequest().(type) {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
-			resp, check = s.proc.RequestHeaders(ctx, md, req)
+			var a Answer
+			a, check = s.proc.RequestHeaders(ctx, md, req)
+			if a.Wire != nil {
+				if err := stream.SendMsg(a.Wire); err != nil {
+					return sendError(ctx, err)
+				}
+				continue
+			}
+			resp = a.Msg
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
 			if check != nil {
 				check(ctx, responseStatus(req.GetResponseHeaders()))
@@ -128,12 +136,17 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return status.Error(codes.InvalidArgument, "processing request with no phase")
 		}
 		if err := stream.Send(resp); err != nil {
-			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
-				return nil
-			}
-			return status.Errorf(codes.Unknown, "send: %v", err)
+			return sendError(ctx, err)
 		}
 	}
+}
+
+// sendError turns a failed send into the stream's end: nil when Envoy went away.
+func sendError(ctx context.Context, err error) error {
+	if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
+		return nil
+	}
+	return status.Errorf(codes.Unknown, "send: %v", err)
 }
 
 // responseStatus reads :status from response headers (0 when absent or not a number).
@@ -183,7 +196,7 @@ func Listen(addr string) (net.Listener, error) {
 // NewGRPCServer returns a gRPC server carrying the ExternalProcessor and the health service.
 // Health starts NOT_SERVING; the caller flips it with SetServing once it can answer.
 func NewGRPCServer(s *Server, opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
-	g := grpc.NewServer(opts...)
+	g := grpc.NewServer(append([]grpc.ServerOption{grpc.ForceServerCodecV2(newWireCodec())}, opts...)...)
 	extprocv3.RegisterExternalProcessorServer(g, s)
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
