@@ -42,7 +42,11 @@ test-e2e: build ## End-to-end suite on real neutron-server and nova metadata API
 	$(GO) test -tags e2e -count=1 -timeout 20m -v $(E2E_FLAGS) ./e2e/...
 
 .PHONY: bench
-bench: ## Go benchmarks of the hot paths.
+bench: ## Benchmarks side by side with the incumbent on real neutron + nova (root; ~5 min; docs/benchmarks.md).
+	bash e2e/scripts/bench.sh
+
+.PHONY: bench-go
+bench-go: ## Only the Go benchmarks of the hot paths (no root, no OpenStack).
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 
 .PHONY: lint
