@@ -45,8 +45,8 @@ func NewSnapshots(log *slog.Logger) *Snapshots {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Snapshots{
-		cache:    cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(log.With("component", "snapshot-cache"))),
-		log:      log,
+		cache:     cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(log.With("component", "snapshot-cache"))),
+		log:       log,
 		versions:  map[string]string{},
 		listeners: map[string]int{},
 	}
