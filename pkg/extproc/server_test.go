@@ -165,6 +165,7 @@ func applyAsEnvoy(t *testing.T, vm []header, resp *extprocv3.ProcessingResponse)
 		if h.GetValue() != "" {
 			t.Fatalf("header %s sets value (%q): only raw_value may be set", h.GetKey(), h.GetValue())
 		}
+		//lint:ignore SA1019 the deprecated append must stay unset: Envoy then overwrites
 		if sh.GetAppend() != nil {
 			t.Fatalf("header %s uses the deprecated append", h.GetKey())
 		}
