@@ -3,10 +3,12 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -41,7 +43,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	m := setupMigration(t, ctx, haproxyBin)
-	net := m.nets["net-m"]
+	network := m.nets["net-m"]
 	ns := m.nsNs["net-m"].Namespace
 	vms := []*vm{m.vms["m1"], m.vms["m2"]}
 
@@ -73,12 +75,12 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		}
 		// `extproc resolve` answers like the incumbent, before any VM traffic reaches metaproxy.
 		for _, v := range vms {
-			out := m.resolve(t, net.ID, v.os.IP)
+			out := m.resolve(t, network.ID, v.os.IP)
 			if !strings.Contains(out, "forwarded to nova as instance "+v.os.InstanceID) {
 				t.Errorf("extproc resolve %s: %s", v.os.IP, out)
 			}
 		}
-		if out := m.resolve(t, net.ID, "10.0.0.77"); !strings.Contains(out, "answered 404") {
+		if out := m.resolve(t, network.ID, "10.0.0.77"); !strings.Contains(out, "answered 404") {
 			t.Errorf("extproc resolve for an address without a port: %s", out)
 		}
 	}) {
@@ -87,7 +89,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 
 	// Guide, "1. Switch one network", step 1: let xDS add the listener.
 	if !t.Run("guide_1.1_xds_adds_the_listener_beside_haproxy", func(t *testing.T) {
-		m.writeNetworks(t, net.ID)
+		m.writeNetworks(t, network.ID)
 		m.waitNetwork(t, "net-m", true)
 		eventually(t, 10*time.Second, "haproxy and the data plane both listen on 169.254.169.254:80", func() error {
 			got := m.listenersOn80(t, ns)
@@ -118,8 +120,8 @@ func TestMigrationFromIncumbent(t *testing.T) {
 			return nil
 		})
 		code, body, err := httpGet("http://" + m.dpAdmin + "/stats")
-		if err != nil || code != 200 || !statsForNetwork(body, net.ID) {
-			t.Fatalf("data plane stats show no request for network %s: %d %v\n%s", net.ID, code, err, body)
+		if err != nil || code != 200 || !statsForNetwork(body, network.ID) {
+			t.Fatalf("data plane stats show no request for network %s: %d %v\n%s", network.ID, code, err, body)
 		}
 		if bad := m.recorder.unsigned(); len(bad) > 0 {
 			t.Fatalf("unsigned requests reached nova: %+v", bad)
@@ -134,19 +136,31 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		recorderBefore := len(m.recorder.all())
 		l := startVMLoad(t, vms, 2, 25*time.Millisecond)
 		l.waitBoth(t, 20, 30*time.Second)
+		time.Sleep(time.Until(l.start.Add(4 * time.Second)))
+		// Requests certainly in flight at the soft stop: sent before it, their bodies after.
+		slow := startSlowRequests(t, vms, 8)
 		stopAt := time.Now()
 		if err := m.haproxy.signal(syscall.SIGUSR1); err != nil {
 			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if done, how := m.haproxy.exited(); done {
+			t.Errorf("haproxy exited (%s) with requests in flight", how)
+		}
+		slowVia := slow.finish(t)
+		if slowVia[false] == 0 {
+			t.Errorf("none of the requests in flight at the soft stop went through haproxy (%v)", slowVia)
 		}
 		if !m.haproxy.wait(45 * time.Second) {
 			l.stop()
 			t.Fatal("haproxy did not exit within 45 s of its soft stop")
 		}
 		exitedAt := time.Now()
-		time.Sleep(3 * time.Second)
+		time.Sleep(4 * time.Second)
 		res := l.stop()
-		t.Logf("load: %d requests in %s (%d via haproxy, %d via metaproxy); haproxy exited %s after SIGUSR1",
-			res.total(), res.duration().Round(time.Millisecond), res.count(false), res.count(true), exitedAt.Sub(stopAt).Round(time.Millisecond))
+		t.Logf("load: %d requests in %s (%d via haproxy, %d via metaproxy); haproxy exited %s after SIGUSR1; %d of %d requests in flight at SIGUSR1 went through haproxy",
+			res.total(), res.duration().Round(time.Millisecond), res.count(false), res.count(true), exitedAt.Sub(stopAt).Round(time.Millisecond),
+			slowVia[false], slowVia[false]+slowVia[true])
 		res.assertNoFailures(t)
 		if res.countSince(false, stopAt, false) == 0 || res.countSince(true, stopAt, false) == 0 {
 			t.Errorf("before the soft stop: %d via haproxy, %d via metaproxy; want both", res.countSince(false, stopAt, false), res.countSince(true, stopAt, false))
@@ -158,10 +172,10 @@ func TestMigrationFromIncumbent(t *testing.T) {
 			t.Errorf("only %d requests after haproxy exited", n)
 		}
 		// Each side's own record agrees with what the VMs saw.
-		if got, want := haproxyServed(m.haproxy.logs())-haproxyBefore, res.count(false); got != want {
+		if got, want := haproxyServed(m.haproxy.logs())-haproxyBefore, res.count(false)+slowVia[false]; got != want {
 			t.Errorf("haproxy logged %d meta_data.json requests, the VMs got %d answers via haproxy", got, want)
 		}
-		if got, want := len(m.recorder.all())-recorderBefore, res.count(true); got != want {
+		if got, want := len(m.recorder.all())-recorderBefore, res.count(true)+slowVia[true]; got != want {
 			t.Errorf("%d requests reached nova through metaproxy, the VMs got %d answers via metaproxy", got, want)
 		}
 		if got := m.listenersOn80(t, ns); len(got) != 1 || got[0] != m.dataplaneComm() {
@@ -183,6 +197,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		})
 		l := startVMLoad(t, vms, 2, 25*time.Millisecond)
 		l.waitBoth(t, 10, 30*time.Second)
+		time.Sleep(time.Until(l.start.Add(3 * time.Second)))
 		m.writeNetworks(t)
 		m.waitNetwork(t, "net-m", false)
 		removedAt := time.Now()
@@ -625,4 +640,79 @@ func (r loadResults) assertNoFailures(t *testing.T) {
 	if len(bad) > 0 {
 		t.Errorf("%d of %d VM requests failed:\n%s", len(bad), len(r.answers), strings.Join(bad, "\n"))
 	}
+}
+
+// slowRequests are meta_data.json GETs whose headers are sent at once and whose (ignored) body
+// follows later: requests in flight for as long as the test wants.
+type slowRequests struct {
+	conns []slowConn
+}
+
+type slowConn struct {
+	v *vm
+	c net.Conn
+}
+
+const slowBody = "{}"
+
+// startSlowRequests opens n connections from each VM and sends each a request without its body.
+// The kernel spreads them over every listener of the address.
+func startSlowRequests(t *testing.T, vms []*vm, n int) *slowRequests {
+	t.Helper()
+	s := &slowRequests{}
+	t.Cleanup(func() {
+		for _, c := range s.conns {
+			c.c.Close()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, v := range vms {
+		hc, err := load.NamespaceClient(v.ns.Namespace, 20*time.Second, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			c, err := hc.Transport.(*http.Transport).DialContext(ctx, "tcp", strings.TrimPrefix(clients.MetadataURL, "http://")+":80")
+			if err != nil {
+				t.Fatalf("%s: dial: %v", v.ns.Name, err)
+			}
+			s.conns = append(s.conns, slowConn{v: v, c: c})
+			req := fmt.Sprintf("GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(slowBody))
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatalf("%s: write: %v", v.ns.Name, err)
+			}
+		}
+	}
+	return s
+}
+
+// finish sends every body and checks every answer: 200 with the VM's own metadata. It returns how
+// many were answered via Envoy (true) and via haproxy (false).
+func (s *slowRequests) finish(t *testing.T) map[bool]int {
+	t.Helper()
+	via := map[bool]int{}
+	for _, sc := range s.conns {
+		sc.c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(sc.c, slowBody); err != nil {
+			t.Errorf("%s: write body: %v", sc.v.ns.Name, err)
+			continue
+		}
+	}
+	for _, sc := range s.conns {
+		resp, err := http.ReadResponse(bufio.NewReader(sc.c), nil)
+		if err != nil {
+			t.Errorf("%s: request in flight: %v", sc.v.ns.Name, err)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var md metaData
+		if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(body, &md) != nil || md.UUID != sc.v.os.InstanceID {
+			t.Errorf("%s: request in flight: %d %v %.200s", sc.v.ns.Name, resp.StatusCode, err, body)
+			continue
+		}
+		via[resp.Header.Get("Server") == "envoy"]++
+	}
+	return via
 }
