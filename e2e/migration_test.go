@@ -90,7 +90,15 @@ func TestMigrationFromIncumbent(t *testing.T) {
 	// Guide, "1. Switch one network", step 1: let xDS add the listener.
 	if !t.Run("guide_1.1_xds_adds_the_listener_beside_haproxy", func(t *testing.T) {
 		m.writeNetworks(t, network.ID)
-		m.waitNetwork(t, "net-m", true)
+		eventually(t, 30*time.Second, "the data plane serves the network's listener", func() error {
+			_, names, err := httpGet("http://" + m.dpAdmin + "/listeners")
+			if err != nil || strings.Contains(names, listenerName(network)) {
+				return err
+			}
+			// A bind error (no SO_REUSEPORT, another uid) shows in the data plane's stats.
+			_, stats, _ := httpGet("http://" + m.dpAdmin + "/stats")
+			return fmt.Errorf("listeners:\n%s\nstats:\n%s", names, stats)
+		})
 		eventually(t, 10*time.Second, "haproxy and the data plane both listen on 169.254.169.254:80", func() error {
 			got := m.listenersOn80(t, ns)
 			if len(got) != 2 || !contains(got, "haproxy") || !contains(got, m.dataplaneComm()) {
@@ -412,11 +420,11 @@ func (m *migration) writeNetworks(t *testing.T, ids ...string) {
 	}
 }
 
-// resolve runs `extproc resolve` with the service's configuration and returns its output.
+// resolve runs `extproc resolve` with the service's configuration file, as the guide does, and
+// returns its output.
 func (m *migration) resolve(t *testing.T, network, ip string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(m.bin, "extproc"), "resolve", "--config", m.extprocConfig, "--secret-file", m.secret,
-		"--admin-listen", "", "--network", network, "--ip", ip)
+	cmd := exec.Command(filepath.Join(m.bin, "extproc"), "resolve", "--config", m.extprocConfig, "--network", network, "--ip", ip)
 	out, err := cmd.CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "answered") {
 		t.Fatalf("extproc resolve --network %s --ip %s: %v\n%s", network, ip, err, out)
