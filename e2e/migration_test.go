@@ -139,8 +139,12 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		return
 	}
 
-	// Step 3: stop haproxy for that network (SIGUSR1: soft stop) while the VMs keep asking.
+	// Step 3: stop haproxy for that network (SIGUSR1: soft stop) while the VMs keep asking, after
+	// letting the kernel hand connections queued on haproxy's socket to Envoy's (tcp_migrate_req).
 	if !t.Run("guide_1.3_haproxy_soft_stops_under_load", func(t *testing.T) {
+		if out, err := exec.Command("ip", "netns", "exec", m.nsNs["net-m"].Namespace, "sysctl", "-w", "net.ipv4.tcp_migrate_req=1").CombinedOutput(); err != nil {
+			t.Logf("tcp_migrate_req not available on this kernel (%v: %s): relying on the soft stop alone", err, out)
+		}
 		haproxyBefore := haproxyServed(m.haproxy.logs())
 		recorderBefore := len(m.recorder.all())
 		l := startVMLoad(t, vms, 2, 25*time.Millisecond)
