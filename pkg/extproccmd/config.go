@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"os"
 	"strings"
 	"time"
@@ -111,7 +112,7 @@ func (c Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if _, err := telemetry.ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

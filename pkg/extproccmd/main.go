@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -71,7 +70,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	log, err := newLogger(cfg, stderr)
+	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}
@@ -79,14 +78,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Flush the last spans; bounded so that an unreachable collector cannot hold the exit.
-		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := tel.Shutdown(shut); err != nil {
-			log.Warn("telemetry shutdown", "error", err)
-		}
-	}()
+	defer tel.Close(ctx, log) // flush the last spans
 	w, err := wire(ctx, cfg, log, true, tel)
 	if err != nil {
 		return err
@@ -176,24 +168,4 @@ func serveHTTP(ctx context.Context, s *http.Server) error {
 		defer cancel()
 		return s.Shutdown(shut)
 	}
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
-	}
-	return l, nil
-}
-
-func newLogger(cfg Config, w io.Writer) (*slog.Logger, error) {
-	level, err := parseLevel(cfg.LogLevel)
-	if err != nil {
-		return nil, err
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if strings.EqualFold(cfg.LogFormat, "json") {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
 }

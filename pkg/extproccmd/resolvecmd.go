@@ -16,6 +16,7 @@ import (
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
 )
 
 const resolveUsage = `extproc resolve: show what a VM at an address would be signed as, or the error it would get.
@@ -59,7 +60,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	log, err := newLogger(cfg, stderr)
+	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -126,6 +127,16 @@ func Propagator() propagation.TextMapPropagator {
 // MetricsHandler serves the registry in the Prometheus exposition formats.
 func (t *Telemetry) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(t.Registry, promhttp.HandlerOpts{Registry: t.Registry})
+}
+
+// Close flushes and stops like Shutdown, bounded by 5 s so that an unreachable collector cannot
+// hold the exit, even when ctx is already done; a failure is logged on log.
+func (t *Telemetry) Close(ctx context.Context, log *slog.Logger) {
+	shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := t.Shutdown(shut); err != nil {
+		log.Warn("telemetry shutdown", "error", err)
+	}
 }
 
 // Shutdown flushes the spans not yet exported and stops the providers. Call it once, with a

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"net"
 	"os"
 	"strings"
@@ -167,18 +167,10 @@ func (c Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("--log-format %q: want text or json", c.LogFormat)
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if _, err := telemetry.ParseLevel(c.LogLevel); err != nil {
 		bad("--log-level: %v", err)
 	}
 	return errors.Join(errs...)
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
-	}
-	return l, nil
 }
 
 // Settings reads metadata_agent.ini (when given), applies the flag overrides and returns the

@@ -90,7 +90,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("invalid settings:\n%w", err)
 	}
-	log, err := newLogger(cfg, stderr)
+	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}
@@ -113,18 +113,6 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		}
 	}
 	return fs.Parse(args)
-}
-
-func newLogger(cfg Config, w io.Writer) (*slog.Logger, error) {
-	level, err := parseLevel(cfg.LogLevel)
-	if err != nil {
-		return nil, err
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
 // newSource builds the configured network source.
@@ -166,14 +154,7 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Flush the last spans; bounded so that an unreachable collector cannot hold the exit.
-		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := tel.Shutdown(shut); err != nil {
-			log.Warn("telemetry shutdown", "error", err)
-		}
-	}()
+	defer tel.Close(ctx, log) // flush the last spans
 	src, err := newSource(ctx, cfg, log, tel)
 	if err != nil {
 		return err
