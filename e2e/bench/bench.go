@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/metaproxy/metaproxy/e2e/internal/incumbent"
 	"github.com/metaproxy/metaproxy/e2e/internal/load"
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
 	"github.com/metaproxy/metaproxy/e2e/internal/vmnet"
@@ -300,24 +301,10 @@ func (b *bench) setup(ctx context.Context) error {
 // startIncumbent runs haproxy in the incumbent's qdhcp namespace with neutron's template
 // (neutron/agent/metadata/driver.py), forwarding to the agent's UNIX socket.
 func (b *bench) startIncumbent(ctx context.Context, name, agentSocket string) (*proc, error) {
-	cfg := fmt.Sprintf(`global
-    maxconn     1024
-defaults
-    mode http
-    option http-server-close
-    option forwardfor
-    retries                 3
-    timeout http-request    30s
-    timeout connect         30s
-    timeout client          32s
-    timeout server          32s
-    timeout http-keep-alive 30s
-listen listener
-    bind %s:80
-    server metadata %s
-    http-request del-header X-Neutron-Router-ID
-    http-request set-header X-Neutron-Network-ID %s
-`, vmnet.MetadataIPv4, agentSocket, b.inc.osNet.ID)
+	cfg, err := incumbent.Config{NetworkID: b.inc.osNet.ID, AgentSocket: agentSocket}.Render()
+	if err != nil {
+		return nil, err
+	}
 	cfgPath := b.path(name + ".cfg")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
