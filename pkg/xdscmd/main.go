@@ -165,6 +165,11 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	snaps := serve.NewSnapshots(log)
 	cb := serve.NewCallbacks(log)
 	poller := &serve.Poller{Source: src, Shared: shared, Snapshots: snaps, Interval: cfg.PollInterval, Log: log}
+	cb.OnNodeConnected = func(node string) {
+		if err := snaps.EnsureNode(ctx, shared, node); err != nil {
+			log.Error("snapshot for a node the source does not know", "node", node, "error", err)
+		}
+	}
 	if tel.Tracing {
 		poller.Tracer = tel.TracerProvider.Tracer(serve.InstrumentationName)
 	}

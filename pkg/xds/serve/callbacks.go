@@ -24,6 +24,11 @@ type Callbacks struct {
 	streams map[int64]string // stream id -> node id ("" until the node is known)
 	// ackByType and nackByType count ACKs and NACKs per resource type URL.
 	ackByType, nackByType map[string]int64
+
+	// OnNodeConnected, when set, is called with the node id of every stream that names its node,
+	// before the request is answered (cmd/xds gives a node the source does not know a snapshot
+	// with the clusters only, so that its Envoy is not left waiting).
+	OnNodeConnected func(node string)
 }
 
 var _ serverv3.Callbacks = (*Callbacks)(nil)
@@ -94,6 +99,9 @@ func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version
 		if !known || prev == "" {
 			c.log.Info("envoy connected", "stream", id, "mode", mode, "node", nid, "cluster", node.GetCluster(),
 				"user_agent", node.GetUserAgentName(), "version", node.GetUserAgentBuildVersion().GetVersion())
+			if c.OnNodeConnected != nil {
+				c.OnNodeConnected(nid)
+			}
 		}
 	}
 	c.mu.Lock()

@@ -101,6 +101,11 @@ func start(t *testing.T, initial source.Nodes) *harness {
 	}
 	h := &harness{src: &fakeSource{nodes: initial}, snaps: NewSnapshots(log), cb: NewCallbacks(log), logs: logs}
 	h.poller = &Poller{Source: h.src, Shared: sh, Snapshots: h.snaps, Interval: time.Hour, Log: log}
+	h.cb.OnNodeConnected = func(node string) {
+		if err := h.snaps.EnsureNode(ctx, sh, node); err != nil {
+			t.Errorf("EnsureNode(%s): %v", node, err)
+		}
+	}
 	if err := h.poller.Once(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -391,5 +396,33 @@ func BenchmarkSnapshot10kNetworks(b *testing.B) {
 		if _, err := NewSnapshots(nil).Set(ctx, "n1", res); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestUnknownNodeGetsClustersAtOnce: an Envoy whose node id the source does not know gets the
+// clusters (and no listener) instead of waiting; a later poll that knows it adds its listeners, and
+// a node with a real snapshot is never reset by EnsureNode.
+func TestUnknownNodeGetsClustersAtOnce(t *testing.T) {
+	h := start(t, source.Nodes{"n1": nets(netA)})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // without a snapshot, Fetch would wait
+	defer cancel()
+	c := sotw.NewADSClient(ctx, &corev3.Node{Id: "newcomer"}, resource.ClusterType)
+	if err := c.InitConnect(h.conn); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Fetch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Resources) == 0 {
+		t.Fatal("no clusters for a node the source does not know")
+	}
+	if h.snaps.Version("newcomer") == "" {
+		t.Fatal("no snapshot recorded for the newcomer")
+	}
+	before := h.snaps.Version("n1")
+	sh, _ := translate.NewShared(translate.DefaultSettings())
+	if err := h.snaps.EnsureNode(ctx, sh, "n1"); err != nil || h.snaps.Version("n1") != before {
+		t.Fatalf("EnsureNode replaced n1's snapshot: %v, version %s -> %s", err, before, h.snaps.Version("n1"))
 	}
 }

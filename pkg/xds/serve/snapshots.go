@@ -79,6 +79,12 @@ func (s *Snapshots) Version(node string) string {
 // refused with an error and the node keeps its previous snapshot: with ADS, Envoy would otherwise
 // wait forever for the missing resource.
 func (s *Snapshots) Set(ctx context.Context, node string, res translate.Resources) (changed bool, err error) {
+	return s.set(ctx, node, res, false)
+}
+
+// set is Set; with ifAbsent it leaves a node that already has a snapshot alone (checked under the
+// lock, so that a poll that set the node's real snapshot meanwhile is never overwritten).
+func (s *Snapshots) set(ctx context.Context, node string, res translate.Resources, ifAbsent bool) (changed bool, err error) {
 	byType := map[resource.Type][]types.Resource{
 		resource.ListenerType: toResources(res.Listeners),
 		resource.RouteType:    toResources(res.Routes),
@@ -90,7 +96,7 @@ func (s *Snapshots) Set(ctx context.Context, node string, res translate.Resource
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.versions[node] == version {
+	if s.versions[node] == version || (ifAbsent && s.versions[node] != "") {
 		return false, nil
 	}
 	snap, err := cache.NewSnapshot(version, byType)
@@ -108,6 +114,20 @@ func (s *Snapshots) Set(ctx context.Context, node string, res translate.Resource
 	s.log.Info("snapshot set", "node", node, "version", version,
 		"listeners", len(res.Listeners), "routes", len(res.Routes), "clusters", len(res.Clusters))
 	return true, nil
+}
+
+// EnsureNode gives node a snapshot with the clusters only when it has none yet: an Envoy whose node
+// id the source does not (yet) know gets a consistent answer instead of waiting for one.
+func (s *Snapshots) EnsureNode(ctx context.Context, sh *translate.Shared, node string) error {
+	if s.Version(node) != "" {
+		return nil
+	}
+	res, err := sh.Node(nil)
+	if err != nil {
+		return fmt.Errorf("node %s: translate: %w", node, err)
+	}
+	_, err = s.set(ctx, node, res, true)
+	return err
 }
 
 // Apply translates and sets the snapshot of every node in nodes. Nodes that had a snapshot but are
