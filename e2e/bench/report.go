@@ -29,14 +29,15 @@ type report struct {
 	counterURL string
 	mpNova     *metaproxy
 
-	warm       load.Result
-	decisions  [][2]load.Result // floor, cmd/extproc
-	extprocRSS memRow
-	xdsRSS     memRow
-	nova       [3]load.Result // direct, incumbent, metaproxy
-	trivial    [3]load.Result
-	storm      [2]load.Result // incumbent, metaproxy
-	cpu        []cpuRow
+	warm              load.Result
+	decisions         [][2]load.Result // floor, cmd/extproc
+	extprocRSS        memRow
+	extprocNeutronRSS memRow
+	xdsRSS            memRow
+	nova              [3]load.Result // direct, incumbent, metaproxy
+	trivial           [3]load.Result
+	storm             [2]load.Result // incumbent, metaproxy
+	cpu               []cpuRow
 }
 
 // cpuRow is the CPU time one HTTP run cost, per process.
@@ -120,7 +121,8 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&sb, "| > 20k decisions/s per core | best %.0f/s on 2 cores shared with the client (%.0f/core) | %s |\n", best, best/2, verdict(best/2 > 20000))
 		fmt.Fprintf(&sb, "| decisions >= 80%% of the floor at every concurrency | worst %.0f%% | %s |\n", 100*worst, verdict(worst >= 0.8))
 	}
-	fmt.Fprintf(&sb, "| < 100 MiB RSS with 100k cached ports | %.1f MiB | %s |\n", mib(r.extprocRSS.rssKiB), verdict(mib(r.extprocRSS.rssKiB) < 100))
+	fmt.Fprintf(&sb, "| < 100 MiB RSS with 100k cached ports (Neutron as source, as in production) | %.1f MiB | %s |\n", mib(r.extprocNeutronRSS.rssKiB), verdict(mib(r.extprocNeutronRSS.rssKiB) < 100))
+	fmt.Fprintf(&sb, "| < 100 MiB RSS with 100k cached ports (ports file: its 100k-port index too) | %.1f MiB | %s |\n", mib(r.extprocRSS.rssKiB), verdict(mib(r.extprocRSS.rssKiB) < 100))
 	sb.WriteString("\n")
 
 	fmt.Fprintf(&sb, "### Boot storm: %d VMs per chain at once, each fetching cloud-init's %d paths on new connections (real nova)\n\n", vms, len(load.CloudInitPaths))
@@ -150,8 +152,9 @@ func (r *report) markdown() string {
 	}
 	sb.WriteString("\n")
 	sb.WriteString("### Memory\n\n| process | VmRSS | VmHWM (peak) |\n|---|---|---|\n")
-	e := r.extprocRSS
-	fmt.Fprintf(&sb, "| %s (%.1f MiB before the warm-up) | %.1f MiB | %.1f MiB |\n", e.what, mib(e.startKiB), mib(e.rssKiB), mib(e.hwmKiB))
+	for _, e := range []memRow{r.extprocNeutronRSS, r.extprocRSS} {
+		fmt.Fprintf(&sb, "| %s (%.1f MiB before the warm-up) | %.1f MiB | %.1f MiB |\n", e.what, mib(e.startKiB), mib(e.rssKiB), mib(e.hwmKiB))
+	}
 	fmt.Fprintf(&sb, "| %s | %.1f MiB | %.1f MiB |\n\n", r.xdsRSS.what, mib(r.xdsRSS.rssKiB), mib(r.xdsRSS.hwmKiB))
 	return sb.String()
 }

@@ -41,7 +41,8 @@ type ExtProcOptions struct {
 	// Duration and Requests bound the run (whichever is reached first; at least one is required).
 	Duration time.Duration
 	Requests int
-	// Targets are cycled through in order; worker i starts at target i.
+	// Targets are spread over the workers: worker i takes targets i, i+Concurrency, i+2*Concurrency...
+	// (so Requests = len(Targets) asks each target once).
 	Targets []Target
 	// Path is the :path sent (default /openstack/latest/meta_data.json).
 	Path string
@@ -128,7 +129,7 @@ func RunExtProc(ctx context.Context, o ExtProcOptions) (Result, error) {
 					kind = "grpc: " + shortErr(err)
 				}
 				s.add(d, kind)
-				i = (i + 1) % len(reqs)
+				i = (i + o.Concurrency) % len(reqs)
 			}
 		})
 	}

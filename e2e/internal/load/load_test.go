@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -239,5 +240,33 @@ func BenchmarkMemory100kPorts(b *testing.B) {
 		b.ReportMetric(withIndex-base, "MiB-ports-index")
 		b.ReportMetric(cached-withIndex, "MiB-100k-cached")
 		runtime.KeepAlive(d)
+	}
+}
+
+// TestFakeNeutronServesTheResolver: the real Neutron resolver finds one instance port per
+// (network, address) through FakeNeutron, the same one every time, and different ones elsewhere.
+func TestFakeNeutronServesTheResolver(t *testing.T) {
+	fn := &FakeNeutron{}
+	srv := httptest.NewServer(fn)
+	defer srv.Close()
+	c, err := osclient.NewNetworkClient(context.Background(), osclient.Options{NeutronURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resolve.NewNeutron(c, resolve.NeutronOptions{})
+	q := func(net, ip string) resolve.Instance {
+		t.Helper()
+		inst, err := r.Resolve(context.Background(), resolve.Query{Scope: resolve.Scope{Kind: resolve.KindNetwork, ID: net}, Addr: netip.MustParseAddr(ip)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inst
+	}
+	a, b, c2 := q(GenNetworkID(1), "10.0.0.5"), q(GenNetworkID(1), "10.0.0.5"), q(GenNetworkID(2), "10.0.0.5")
+	if a.InstanceID == "" || a != b || a.InstanceID == c2.InstanceID || a.NetworkID != GenNetworkID(1) {
+		t.Fatalf("instances %+v %+v %+v", a, b, c2)
+	}
+	if fn.Lookups() != 3 {
+		t.Errorf("lookups %d, want 3", fn.Lookups())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -188,4 +189,35 @@ func WriteNetworks(w io.Writer, node string, n int) error {
 		list[i] = netw{ID: id, Kind: "network", Interface: "tap" + id[:11]}
 	}
 	return json.NewEncoder(w).Encode(map[string]any{"nodes": map[string]any{node: list}})
+}
+
+// FakeNeutron answers the port lookups cmd/extproc makes (GET /v2.0/ports?network_id=&fixed_ips=
+// ip_address=) with one instance port synthesized from the (network, address) pair, and its
+// readiness probe with no port. It lets the memory of the Neutron-mode cache be measured for 100k
+// VMs without creating 100k ports in a real Neutron. It is not a Neutron for anything else.
+type FakeNeutron struct {
+	lookups atomic.Int64
+}
+
+// Lookups is the number of port lookups answered with a port.
+func (f *FakeNeutron) Lookups() int64 { return f.lookups.Load() }
+
+func (f *FakeNeutron) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet || strings.TrimSuffix(r.URL.Path, "/") != "/v2.0/ports" {
+		http.NotFound(w, r)
+		return
+	}
+	q := r.URL.Query()
+	network, fixed := q.Get("network_id"), q.Get("fixed_ips")
+	w.Header().Set("Content-Type", "application/json")
+	if network == "" || !strings.HasPrefix(fixed, "ip_address=") {
+		io.WriteString(w, `{"ports":[]}`)
+		return
+	}
+	f.lookups.Add(1)
+	h := fnv.New64a()
+	io.WriteString(h, network+"/"+fixed)
+	k := h.Sum64()
+	fmt.Fprintf(w, `{"ports":[{"id":"%08x-1111-4000-8000-%012x","device_id":"%08x-2222-4000-8000-%012x","project_id":"0a1b2c3d4e5f40718293a4b5c6d7e8f9","tenant_id":"0a1b2c3d4e5f40718293a4b5c6d7e8f9","network_id":%q}]}`,
+		uint32(k), k&0xffffffffffff, uint32(k>>32), k>>16&0xffffffffffff, network)
 }
