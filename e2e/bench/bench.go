@@ -241,7 +241,7 @@ func (b *bench) neutronModeRSS(ctx context.Context, targets []load.Target) (memR
 		return memRow{}, err
 	}
 	if warm.OK != len(targets) {
-		return memRow{}, fmt.Errorf("Neutron-mode warm-up: %d of %d answered with a mutation (%s)", warm.OK, len(targets), warm.ErrorString())
+		return memRow{}, fmt.Errorf("warm-up through Neutron: %d of %d answered with a mutation (%s)", warm.OK, len(targets), warm.ErrorString())
 	}
 	time.Sleep(2 * time.Second)
 	rss, hwm, err := rssKiB(ep.pid())
