@@ -67,7 +67,7 @@ type Decision struct {
 type answer struct {
 	inst resolve.Instance
 	wire *extproc.Encoded
-	err  error // encoding failed: answered 500, not cached as a success
+	err  error // encoding failed (not expected for a valid message): answered 500 until the entry expires
 }
 
 // Decider answers request_headers messages. It is safe for concurrent use.
@@ -125,7 +125,7 @@ func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Lo
 func (d *Decider) CacheLen() int { return d.cache.Len() }
 
 // RequestHeaders answers one request_headers message on a stream whose initial metadata is md, and
-// logs it when it is not forwarded. The response is shared between requests and must not be modified.
+// logs it when it is not forwarded. An encoded answer is shared between requests and never modified.
 //
 // For the request that filled the cache (outcome miss), the answer also asks Envoy (mode_override;
 // the listener allows it) to send nova's response headers on the same stream, and the returned
