@@ -58,35 +58,8 @@ func setup(t *testing.T, ctx context.Context) *env {
 	if err := openstack.Available(false); err != nil {
 		t.Skipf("the e2e suite cannot run here: %v", err)
 	}
-	e := &env{t: t, dir: t.TempDir(), nets: map[string]openstack.Network{}, nsNs: map[string]*vmnet.Network{}, vms: map[string]*vm{}}
-	e.bin = filepath.Join(e.dir, "bin")
-	buildBinaries(t, e.bin)
-
-	t0 := time.Now()
-	cloud, err := openstack.Start(ctx, openstack.Options{BaseDir: filepath.Join(e.dir, "openstack"), SharedSecret: e2eSecret, Logf: t.Logf, StopGrace: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cloud = cloud
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("OpenStack logs:\n%s", cloud.Logs())
-		}
-		if err := cloud.Close(); err != nil {
-			t.Errorf("close cloud: %v", err)
-		}
-	})
-	t.Logf("neutron-server and nova metadata API up in %s", time.Since(t0).Round(100*time.Millisecond))
-	if e.fabric, err = vmnet.New(ctx, vmnet.Options{Logf: t.Logf}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.fabric.Close(); err != nil {
-			t.Errorf("close namespaces: %v", err)
-		}
-	})
-	host, port := cloud.NovaHostPort()
-	e.recorder = startRecorder(t, fmt.Sprintf("%s:%d", host, port))
+	e := newEnv(t, ctx, openstack.Options{})
+	cloud := e.cloud
 
 	// Two networks with the same CIDR; two VMs on the first, one on the second with the same address.
 	for _, name := range []string{"net-a", "net-b"} {
@@ -138,6 +111,43 @@ func setup(t *testing.T, ctx context.Context) *env {
 	})
 	e.waitNetwork(t, "net-a", true)
 	e.waitNetwork(t, "net-b", true)
+	return e
+}
+
+// newEnv builds the binaries and starts what every e2e test stands on: the OpenStack fixture (with
+// o's options, the suite's secret), the namespace fabric and the recorder in front of nova. All of
+// it is stopped when the test ends.
+func newEnv(t *testing.T, ctx context.Context, o openstack.Options) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), nets: map[string]openstack.Network{}, nsNs: map[string]*vmnet.Network{}, vms: map[string]*vm{}}
+	e.bin = filepath.Join(e.dir, "bin")
+	buildBinaries(t, e.bin)
+	o.BaseDir, o.SharedSecret, o.Logf, o.StopGrace = filepath.Join(e.dir, "openstack"), e2eSecret, t.Logf, 5*time.Second
+	t0 := time.Now()
+	cloud, err := openstack.Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cloud = cloud
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("OpenStack logs:\n%s", cloud.Logs())
+		}
+		if err := cloud.Close(); err != nil {
+			t.Errorf("close cloud: %v", err)
+		}
+	})
+	t.Logf("OpenStack up in %s (agent: %v)", time.Since(t0).Round(100*time.Millisecond), o.WithAgent)
+	if e.fabric, err = vmnet.New(ctx, vmnet.Options{Logf: t.Logf}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.fabric.Close(); err != nil {
+			t.Errorf("close namespaces: %v", err)
+		}
+	})
+	host, port := cloud.NovaHostPort()
+	e.recorder = startRecorder(t, fmt.Sprintf("%s:%d", host, port))
 	return e
 }
 

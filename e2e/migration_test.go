@@ -250,35 +250,8 @@ type migration struct {
 // network with two VMs and, as the DHCP agent would, haproxy with neutron's template in the
 // network's qdhcp namespace. metaproxy is not started: that is the guide's first step.
 func setupMigration(t *testing.T, ctx context.Context, haproxyBin string) *migration {
-	e := &env{t: t, dir: t.TempDir(), nets: map[string]openstack.Network{}, nsNs: map[string]*vmnet.Network{}, vms: map[string]*vm{}}
-	e.bin = filepath.Join(e.dir, "bin")
-	buildBinaries(t, e.bin)
-	t0 := time.Now()
-	cloud, err := openstack.Start(ctx, openstack.Options{BaseDir: filepath.Join(e.dir, "openstack"), SharedSecret: e2eSecret, WithAgent: true,
-		NovaCacheExpiration: 15 * time.Second, Logf: t.Logf, StopGrace: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cloud = cloud
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("OpenStack logs:\n%s", cloud.Logs())
-		}
-		if err := cloud.Close(); err != nil {
-			t.Errorf("close cloud: %v", err)
-		}
-	})
-	t.Logf("neutron-server, nova metadata API, RabbitMQ and neutron-metadata-agent up in %s", time.Since(t0).Round(100*time.Millisecond))
-	if e.fabric, err = vmnet.New(ctx, vmnet.Options{Logf: t.Logf}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.fabric.Close(); err != nil {
-			t.Errorf("close namespaces: %v", err)
-		}
-	})
-	host, port := cloud.NovaHostPort()
-	e.recorder = startRecorder(t, fmt.Sprintf("%s:%d", host, port))
+	e := newEnv(t, ctx, openstack.Options{WithAgent: true, NovaCacheExpiration: 15 * time.Second})
+	cloud := e.cloud
 	e.addNetwork(ctx, "net-m")
 	e.addVM(ctx, "m1", "net-m", "10.0.0.5")
 	e.addVM(ctx, "m2", "net-m", "10.0.0.6")
