@@ -18,7 +18,10 @@ const usage = `loadgen: metaproxy's benchmark load tool (loopback and your own n
 Usage:
   loadgen extproc  --address unix:///x.sock --concurrency 1,4,32,64 --duration 5s
                    (--network ID --ip ADDR | --ports-file FILE [--targets N]) [--conns 1] [--json]
-      gRPC ext_proc streams exactly as Envoy sends them; decisions/s and latency per concurrency.
+                   [--rate 1000,4000 [--max-in-flight 64]]
+      gRPC ext_proc streams exactly as Envoy sends them; decisions/s and latency per concurrency
+      (closed loop), or with --rate per offered rate (open loop, latency from the scheduled start).
+      Latency is the decision: stream opened to HeadersResponse; the whole stream is shown apart.
   loadgen floor    --listen unix:///x.sock
       the minimal ext_proc server (fixed header mutation) extproc numbers are compared with.
   loadgen http     --url URL [--netns vm-a,vm-b] --concurrency 10 --duration 10s [--requests N]
@@ -151,7 +154,9 @@ func runExtProcCmd(ctx context.Context, fs *flag.FlagSet, args []string, stdout 
 	var o ExtProcOptions
 	fs.StringVar(&o.Address, "address", "", "ext_proc server: unix:///path.sock or HOST:PORT")
 	fs.IntVar(&o.Conns, "conns", 1, "HTTP/2 connections (Envoy: one per worker thread)")
-	conc := fs.String("concurrency", "1,4,32,64", "comma-separated streams in flight; one run each")
+	conc := fs.String("concurrency", "1,4,32,64", "comma-separated streams in flight; one closed-loop run each")
+	rates := fs.String("rate", "", "comma-separated streams/s; one open-loop run each instead of --concurrency")
+	inflight := fs.Int("max-in-flight", 64, "open loop: most streams in flight (a request finding none free waits, and counts it)")
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "length of each run (0: bounded by --requests)")
 	fs.IntVar(&o.Requests, "requests", 0, "requests per run (0: bounded by --duration)")
 	network := fs.String("network", "", "network id (x-metaproxy-network-id)")
@@ -192,12 +197,35 @@ func runExtProcCmd(ctx context.Context, fs *flag.FlagSet, args []string, stdout 
 	default:
 		return errors.New("give --network/--router and --ip, or --ports-file")
 	}
-	levels, err := intList(*conc)
+	levels, err := intList("concurrency", *conc)
 	if err != nil {
 		return err
 	}
+	var rateList []int
+	if *rates != "" {
+		if rateList, err = intList("rate", *rates); err != nil {
+			return err
+		}
+		if *inflight <= 0 {
+			return errors.New("--max-in-flight must be positive")
+		}
+	}
+	type point struct {
+		conc int
+		rate float64
+	}
+	var points []point
 	for _, c := range levels {
-		o.Concurrency = c
+		points = append(points, point{conc: c})
+	}
+	if len(rateList) > 0 {
+		points = points[:0]
+		for _, r := range rateList {
+			points = append(points, point{conc: *inflight, rate: float64(r)})
+		}
+	}
+	for _, p := range points {
+		o.Concurrency, o.Rate = p.conc, p.rate
 		r, err := RunExtProc(ctx, o)
 		if err != nil {
 			return err
@@ -278,17 +306,18 @@ func splitList(s string) []string {
 	return out
 }
 
-func intList(s string) ([]int, error) {
+// intList parses a comma-separated list of positive integers; what names it in errors.
+func intList(what, s string) ([]int, error) {
 	var out []int
 	for _, p := range splitList(s) {
 		n, err := strconv.Atoi(p)
 		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("concurrency %q: want positive integers", p)
+			return nil, fmt.Errorf("%s %q: want positive integers", what, p)
 		}
 		out = append(out, n)
 	}
 	if len(out) == 0 {
-		return nil, errors.New("no concurrency given")
+		return nil, fmt.Errorf("no %s given", what)
 	}
 	return out, nil
 }

@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
@@ -88,6 +90,7 @@ func TestRunExtProc(t *testing.T) {
 	tests := map[string]struct {
 		addr       string
 		targets    []Target
+		rate       float64
 		wantOK     int
 		wantErrors map[string]int
 	}{
@@ -95,15 +98,17 @@ func TestRunExtProc(t *testing.T) {
 		"cmd/extproc signs known VMs":                  {addr: serveMetaproxy(t, d), targets: targets, wantOK: 40, wantErrors: map[string]int{}},
 		"cmd/extproc answers 404 for an unknown address": {addr: serveMetaproxy(t, d), targets: []Target{targets[0], unknown},
 			wantOK: 20, wantErrors: map[string]int{"immediate 404": 20}},
+		"open loop sends every scheduled stream": {addr: serveMetaproxy(t, d), targets: []Target{targets[0], unknown}, rate: 4000,
+			wantOK: 20, wantErrors: map[string]int{"immediate 404": 20}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			res, err := RunExtProc(context.Background(), ExtProcOptions{Address: tc.addr, Concurrency: 1, Requests: 40, Targets: tc.targets, Conns: 2})
+			res, err := RunExtProc(context.Background(), ExtProcOptions{Address: tc.addr, Concurrency: 1, Rate: tc.rate, Requests: 40, Targets: tc.targets, Conns: 2})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if res.Requests != 40 || res.OK != tc.wantOK {
-				t.Errorf("requests %d ok %d, want 40 and %d", res.Requests, res.OK, tc.wantOK)
+			if res.Requests != 40 || res.OK != tc.wantOK || res.Rate != tc.rate {
+				t.Errorf("requests %d ok %d rate %v, want 40, %d and %v", res.Requests, res.OK, res.Rate, tc.wantOK, tc.rate)
 			}
 			if diff := cmp.Diff(tc.wantErrors, res.Errors); diff != "" {
 				t.Errorf("errors (-want +got):\n%s", diff)
@@ -111,7 +116,59 @@ func TestRunExtProc(t *testing.T) {
 			if res.P50 <= 0 || res.P50 > res.P99 || res.P99 > res.Max {
 				t.Errorf("latencies out of order: %+v", res)
 			}
+			// Every decision ends before its stream does, so every quantile does too.
+			if res.StreamP50 < res.P50 || res.StreamP99 < res.P99 {
+				t.Errorf("whole streams (p50 %s, p99 %s) shorter than decisions (p50 %s, p99 %s)", res.StreamP50, res.StreamP99, res.P50, res.P99)
+			}
 		})
+	}
+}
+
+// delayedStream answers each message of a floor stream after a pause.
+type delayedStream struct {
+	extprocv3.ExternalProcessor_ProcessServer
+	delay time.Duration
+}
+
+func (s delayedStream) Send(r *extprocv3.ProcessingResponse) error {
+	time.Sleep(s.delay)
+	return s.ExternalProcessor_ProcessServer.Send(r)
+}
+
+// slowFloor is the floor answering each stream after delay.
+type slowFloor struct {
+	*Floor
+	delay time.Duration
+}
+
+func (f slowFloor) Process(st extprocv3.ExternalProcessor_ProcessServer) error {
+	return f.Floor.Process(delayedStream{st, f.delay})
+}
+
+// TestOpenLoopCountsQueueing: one worker, a server that takes 2 ms a stream and 20 streams due
+// within 2 ms. The last can only be answered 40 ms after the start, so counted from its scheduled
+// start its latency is at least 38 ms; counted from when a worker took it (coordinated omission),
+// 2 ms. The bound comes from the server's sleeps, not from how fast this machine is.
+func TestOpenLoopCountsQueueing(t *testing.T) {
+	addr := "unix://" + filepath.Join(t.TempDir(), "slow.sock")
+	l, err := Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(g, slowFloor{NewFloor(), 2 * time.Millisecond})
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+	res, err := RunExtProc(context.Background(), ExtProcOptions{Address: addr, Concurrency: 1, Rate: 10000, Requests: 20,
+		Targets: []Target{{ScopeID: "n", Addr: netip.MustParseAddr("10.0.0.5")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 20 || res.OK != 20 {
+		t.Fatalf("requests %d ok %d, want 20", res.Requests, res.OK)
+	}
+	if res.Max < 30*time.Millisecond {
+		t.Errorf("max latency %s: the wait for the busy worker is not counted", res.Max)
 	}
 }
 

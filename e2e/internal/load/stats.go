@@ -16,8 +16,9 @@ import (
 	"time"
 )
 
-// Result summarises one closed-loop run: every worker sends one request, waits for its answer,
-// sends the next.
+// Result summarises one run. In a closed loop every worker sends one request, waits for its answer,
+// sends the next; in an open loop (Rate > 0) requests start on a fixed schedule whatever the answers,
+// and every latency counts from the request's scheduled start.
 type Result struct {
 	Name        string         `json:"name"`
 	Concurrency int            `json:"concurrency"`
@@ -30,6 +31,16 @@ type Result struct {
 	P90         time.Duration  `json:"p90_ns"`
 	P99         time.Duration  `json:"p99_ns"`
 	Max         time.Duration  `json:"max_ns"`
+	// Rate is the offered rate of an open-loop run (requests scheduled per second); 0: closed loop.
+	Rate float64 `json:"rate,omitempty"`
+	// LagP99 (open loop) is how late the client's own timer woke up for a scheduled request, at the
+	// 99th percentile; it is left out of the latencies above (waiting for a free worker is not).
+	LagP99 time.Duration `json:"lag_p99_ns,omitempty"`
+	// StreamP50 and StreamP99 (ext_proc) time the whole stream: up to the server's status after the
+	// half-close, which Envoy does only after it has continued the HTTP request. The latencies above
+	// end at the HeadersResponse, the decision as Envoy waits for it.
+	StreamP50 time.Duration `json:"stream_p50_ns,omitempty"`
+	StreamP99 time.Duration `json:"stream_p99_ns,omitempty"`
 	// Lookups is the number of Neutron port lookups made during the run, -1 when not counted.
 	Lookups int64 `json:"lookups"`
 }
@@ -42,6 +53,8 @@ type recorder struct {
 
 type slot struct {
 	lat  []time.Duration
+	full []time.Duration // whole ext_proc streams, when the request is one
+	lag  []time.Duration // open loop: start behind schedule
 	errs map[string]int
 	ok   int
 }
@@ -65,14 +78,26 @@ func (s *slot) add(d time.Duration, kind string) {
 	s.errs[kind]++
 }
 
+// addStream records one ext_proc stream: decision is the time to its answer, full the time to its
+// status.
+func (s *slot) addStream(decision, full time.Duration, kind string) {
+	s.full = append(s.full, full)
+	s.add(decision, kind)
+}
+
+// addLag records how late a scheduled request started.
+func (s *slot) addLag(d time.Duration) { s.lag = append(s.lag, d) }
+
 // result merges the slots.
 func (r *recorder) result(name string, conc int, elapsed time.Duration) Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	res := Result{Name: name, Concurrency: conc, Elapsed: elapsed, Errors: map[string]int{}, Lookups: -1}
-	var all []time.Duration
+	var all, full, lag []time.Duration
 	for _, s := range r.slots {
 		all = append(all, s.lat...)
+		full = append(full, s.full...)
+		lag = append(lag, s.lag...)
 		res.OK += s.ok
 		for k, v := range s.errs {
 			res.Errors[k] += v
@@ -85,6 +110,14 @@ func (r *recorder) result(name string, conc int, elapsed time.Duration) Result {
 	if len(all) > 0 {
 		slices.Sort(all)
 		res.P50, res.P90, res.P99, res.Max = quantile(all, .50), quantile(all, .90), quantile(all, .99), all[len(all)-1]
+	}
+	if len(full) > 0 {
+		slices.Sort(full)
+		res.StreamP50, res.StreamP99 = quantile(full, .50), quantile(full, .99)
+	}
+	if len(lag) > 0 {
+		slices.Sort(lag)
+		res.LagP99 = quantile(lag, .99)
 	}
 	return res
 }
@@ -110,9 +143,19 @@ func (r Result) ErrorString() string {
 
 // Print writes r as one human-readable block.
 func (r Result) Print(w io.Writer) {
-	fmt.Fprintf(w, "%s: concurrency %d, %d requests in %s, %.0f/s, ok %d, errors %s\n",
-		r.Name, r.Concurrency, r.Requests, r.Elapsed.Round(time.Millisecond), r.PerSecond, r.OK, r.ErrorString())
+	loop := fmt.Sprintf("concurrency %d", r.Concurrency)
+	if r.Rate > 0 {
+		loop = fmt.Sprintf("open loop at %.0f/s (at most %d in flight)", r.Rate, r.Concurrency)
+	}
+	fmt.Fprintf(w, "%s: %s, %d requests in %s, %.0f/s, ok %d, errors %s\n",
+		r.Name, loop, r.Requests, r.Elapsed.Round(time.Millisecond), r.PerSecond, r.OK, r.ErrorString())
 	fmt.Fprintf(w, "  latency p50 %s  p90 %s  p99 %s  max %s\n", Ms(r.P50), Ms(r.P90), Ms(r.P99), Ms(r.Max))
+	if r.Rate > 0 {
+		fmt.Fprintf(w, "  (from the scheduled start, less the client's timer lateness: p99 %s)\n", Ms(r.LagP99))
+	}
+	if r.StreamP50 > 0 {
+		fmt.Fprintf(w, "  whole stream to its status: p50 %s  p99 %s\n", Ms(r.StreamP50), Ms(r.StreamP99))
+	}
 	if r.Lookups >= 0 {
 		fmt.Fprintf(w, "  neutron port lookups: %d\n", r.Lookups)
 	}
