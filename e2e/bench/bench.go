@@ -127,7 +127,8 @@ func (b *bench) runAll(ctx context.Context) error {
 }
 
 // extprocSection: a 100k-port ports file, cmd/extproc on it, every port looked up once (cache
-// warm), RSS, then decisions/s of cmd/extproc and the floor at 1/4/32/64 streams.
+// warm), RSS, then decisions/s of cmd/extproc and the floor at 1/4/32/64 streams (closed loop) and
+// their latency at fixed rates (open loop).
 func (b *bench) extprocSection(ctx context.Context) error {
 	const nPorts, nNets = 100000, 100
 	f, err := os.Create(b.path("ports-100k.json"))
@@ -201,8 +202,27 @@ func (b *bench) extprocSection(ctx context.Context) error {
 		}
 		b.rep.decisions = append(b.rep.decisions, [2]load.Result{fr, er})
 	}
+	// Open loop: a loaded but not saturated service, latency from each stream's scheduled start.
+	for _, rate := range b.o.rates {
+		o := load.ExtProcOptions{Concurrency: openLoopInFlight, Rate: float64(rate), Duration: b.o.extprocDur, Targets: hot}
+		o.Address, o.Name = "unix://"+floorSock, "floor"
+		fr, err := load.RunExtProc(ctx, o)
+		if err != nil {
+			return err
+		}
+		o.Address, o.Name = "unix://"+sock, "cmd/extproc"
+		er, err := load.RunExtProc(ctx, o)
+		if err != nil {
+			return err
+		}
+		b.rep.openLoop = append(b.rep.openLoop, [2]load.Result{fr, er})
+	}
 	return nil
 }
+
+// openLoopInFlight bounds the streams in flight of an open-loop run (Envoy's bound is the
+// cluster's circuit breaker; this one is only reached when the service falls far behind).
+const openLoopInFlight = 64
 
 // neutronModeRSS measures cmd/extproc as it runs in production, with Neutron as the port source
 // (no ports index in the process), after 100k VMs were each resolved once. The Neutron is

@@ -21,6 +21,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -33,6 +35,7 @@ type options struct {
 	concurrency int
 	stormVMs    int
 	extprocDur  time.Duration
+	rates       []int // open-loop ext_proc rates, streams/s
 	out         string
 	keep        bool
 }
@@ -56,9 +59,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.concurrency, "concurrency", 10, "keep-alive connections of each HTTP load run (wrk -c)")
 	fs.IntVar(&o.stormVMs, "storm-vms", 20, "VMs per chain in the boot storm")
 	fs.DurationVar(&o.extprocDur, "extproc-duration", 5*time.Second, "length of each ext_proc load run")
+	rates := fs.String("extproc-rates", envOr("BENCH_RATES", "1000,4000"), "comma-separated open-loop ext_proc rates in streams/s (default $BENCH_RATES or 1000,4000)")
 	fs.StringVar(&o.out, "out", "", "also write the report to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs) after the run")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	if o.rates, err = parseRates(*rates); err != nil {
 		return err
 	}
 	if o.binDir == "" {
@@ -97,4 +105,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// parseRates reads "1000,4000": each rate is an open-loop run of --extproc-duration.
+func parseRates(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 || n > 100000 {
+			return nil, fmt.Errorf("--extproc-rates: %q is not a rate in 1..100000 streams/s", f)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 || len(out) > 4 {
+		return nil, errors.New("--extproc-rates: give 1 to 4 rates")
+	}
+	return out, nil
 }
