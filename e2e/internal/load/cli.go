@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +19,7 @@ const usage = `loadgen: metaproxy's benchmark load tool (loopback and your own n
 Usage:
   loadgen extproc  --address unix:///x.sock --concurrency 1,4,32,64 --duration 5s
                    (--network ID --ip ADDR | --ports-file FILE [--targets N]) [--conns 1] [--json]
-                   [--rate 1000,4000 [--max-in-flight 64]]
+                   [--rate 1000,4000 [--max-in-flight 64]] [--cpuprofile FILE]
       gRPC ext_proc streams exactly as Envoy sends them; decisions/s and latency per concurrency
       (closed loop), or with --rate per offered rate (open loop, latency from the scheduled start).
       Latency is the decision: stream opened to HeadersResponse; the whole stream is shown apart.
@@ -167,8 +168,20 @@ func runExtProcCmd(ctx context.Context, fs *flag.FlagSet, args []string, stdout 
 	fs.StringVar(&o.Path, "path", "", ":path (default /openstack/latest/meta_data.json)")
 	fs.StringVar(&o.Name, "name", "", "label of the result")
 	asJSON := fs.Bool("json", false, "one JSON line per run")
+	cpuProfile := fs.String("cpuprofile", "", "write the client's own CPU profile (pprof) over all runs to this file")
 	if err := parse(fs, args, "address"); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	switch {
 	case *portsFile != "":
