@@ -62,14 +62,6 @@ type Decision struct {
 	wire *extproc.Encoded // the signed answer, when Status is 200
 }
 
-// answer is what the cache keeps per (scope, address): the instance and its ready-made response,
-// encoded (a quarter of the memory of the message, and sent without marshalling).
-type answer struct {
-	inst resolve.Instance
-	wire *extproc.Encoded
-	err  error // encoding failed (not expected for a valid message): answered 500 until the entry expires
-}
-
 // Decider answers request_headers messages. It is safe for concurrent use.
 type Decider struct {
 	cache  *portcache.Cache[answer]
@@ -125,7 +117,8 @@ func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Lo
 func (d *Decider) CacheLen() int { return d.cache.Len() }
 
 // RequestHeaders answers one request_headers message on a stream whose initial metadata is md, and
-// logs it when it is not forwarded. An encoded answer is shared between requests and never modified.
+// logs it when it is not forwarded. A signed answer is encoded for this request from the cached
+// instance and signature; its remove_headers part is shared by every answer and never modified.
 //
 // For the request that filled the cache (outcome miss), the answer also asks Envoy (mode_override;
 // the listener allows it) to send nova's response headers on the same stream, and the returned
@@ -261,11 +254,8 @@ func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.
 		a, outcome, err = d.cache.Lookup(ctx, q)
 	}
 	dec := Decision{Query: q, Outcome: outcome}
-	if err == nil && a.err != nil {
-		err = a.err
-	}
 	if err == nil {
-		dec.Instance, dec.Status, dec.wire = a.inst, http.StatusOK, a.wire
+		dec.Instance, dec.Status, dec.wire = a.instance(q.Scope), http.StatusOK, a.encode(q.Addr)
 		return nil, dec
 	}
 	dec.Err = err
@@ -289,32 +279,9 @@ func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.
 	}
 }
 
-// build signs once per cache fill and prepares the response every later hit sends as is.
-func (d *Decider) build(q resolve.Query, inst resolve.Instance) answer {
-	wire, err := extproc.Encode(d.signed(q, inst))
-	if err != nil {
-		return answer{err: err}
-	}
-	return answer{inst: inst, wire: wire}
-}
-
-// signed is the request_headers answer for inst: remove what the VM must not control, then set the
-// signed identity.
-func (d *Decider) signed(q resolve.Query, inst resolve.Instance) *extprocv3.ProcessingResponse {
-	set := []*corev3.HeaderValueOption{
-		rawHeader(HeaderInstanceID, inst.InstanceID),
-		rawHeader(HeaderTenantID, inst.ProjectID),
-		rawHeader(HeaderSignature, d.signer.Sign(inst.InstanceID)),
-		rawHeader(HeaderXFF, q.Addr.String()),
-	}
-	return &extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
-			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
-				SetHeaders:    set,
-				RemoveHeaders: RemovedHeaders,
-			}},
-		}},
-	}
+// build signs once per cache fill; every later hit only encodes (answer.encode).
+func (d *Decider) build(q resolve.Query, inst resolve.Instance) (answer, error) {
+	return newAnswer(q.Scope, inst, d.signer.Sum(inst.InstanceID))
 }
 
 // rawHeader overwrites key with value. Only raw_value is filled (value alone reaches nova as an

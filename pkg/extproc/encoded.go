@@ -12,46 +12,57 @@ import (
 )
 
 // Answer is what the server sends back for a request_headers message: Msg, or the same kind of
-// message already in protobuf wire format (Wire), which is sent as is. Answers cached for many
-// requests are kept encoded: a quarter of the memory of the message, and no marshalling per send.
+// message already in protobuf wire format (Wire), which is sent as is, without marshalling.
 type Answer struct {
 	Msg  *extprocv3.ProcessingResponse
 	Wire *Encoded
 }
 
-// Encoded is an immutable, encoded ProcessingResponse.
-type Encoded struct{ b []byte }
+// Encoded is a ProcessingResponse in protobuf wire format, in two parts sent one after the other:
+// a head and a tail. Protobuf reads concatenated encodings as one message, so an answer can keep a
+// tail shared by many answers (a constant list of fields) and make only its head. Neither part is
+// modified once given to NewEncoded.
+type Encoded struct{ head, tail []byte }
 
-// Encode encodes m once (deterministically) for sending many times.
+// NewEncoded returns the message whose encoding is head followed by tail.
+func NewEncoded(head, tail []byte) *Encoded { return &Encoded{head: head, tail: tail} }
+
+// Encode encodes m (deterministically).
 func Encode(m *extprocv3.ProcessingResponse) (*Encoded, error) {
 	b, err := protobuf.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode ext_proc response: %w", err)
 	}
-	return &Encoded{b: b}, nil
+	return &Encoded{head: b}, nil
+}
+
+// Bytes returns the whole encoding in one new slice.
+func (e *Encoded) Bytes() []byte {
+	b := make([]byte, 0, e.Len())
+	return append(append(b, e.head...), e.tail...)
 }
 
 // Decode returns the message (for tests and tools: the server never decodes).
 func (e *Encoded) Decode() (*extprocv3.ProcessingResponse, error) {
 	m := &extprocv3.ProcessingResponse{}
-	if err := protobuf.Unmarshal(e.b, m); err != nil {
+	if err := protobuf.Unmarshal(e.Bytes(), m); err != nil {
 		return nil, fmt.Errorf("decode ext_proc response: %w", err)
 	}
 	return m, nil
 }
 
 // Len is the encoded size in bytes.
-func (e *Encoded) Len() int { return len(e.b) }
+func (e *Encoded) Len() int { return len(e.head) + len(e.tail) }
 
-// WithModeOverride returns e with mode_override set to mode. Protobuf merges concatenated
-// encodings, so the field is appended to a copy rather than re-encoding the message.
+// WithModeOverride returns e with mode_override set to mode, appended to a copy of the tail rather
+// than re-encoding the message.
 func (e *Encoded) WithModeOverride(mode *extprocfv3.ProcessingMode) (*Encoded, error) {
 	extra, err := protobuf.MarshalOptions{Deterministic: true}.Marshal(&extprocv3.ProcessingResponse{ModeOverride: mode})
 	if err != nil {
 		return nil, fmt.Errorf("encode mode_override: %w", err)
 	}
-	b := make([]byte, 0, len(e.b)+len(extra))
-	return &Encoded{b: append(append(b, e.b...), extra...)}, nil
+	tail := make([]byte, 0, len(e.tail)+len(extra))
+	return &Encoded{head: e.head, tail: append(append(tail, e.tail...), extra...)}, nil
 }
 
 // wireCodec is the proto codec, except that an *Encoded is sent as the bytes it holds.
@@ -61,8 +72,11 @@ func newWireCodec() wireCodec { return wireCodec{proto: encoding.GetCodecV2(prot
 
 func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if e, ok := v.(*Encoded); ok {
-		// A SliceBuffer is never returned to a pool: the cached bytes stay untouched.
-		return mem.BufferSlice{mem.SliceBuffer(e.b)}, nil
+		// SliceBuffers are never returned to a pool: shared bytes stay untouched.
+		if len(e.tail) == 0 {
+			return mem.BufferSlice{mem.SliceBuffer(e.head)}, nil
+		}
+		return mem.BufferSlice{mem.SliceBuffer(e.head), mem.SliceBuffer(e.tail)}, nil
 	}
 	return c.proto.Marshal(v)
 }

@@ -13,8 +13,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+	"unique"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/metaproxy/metaproxy/pkg/resolve"
@@ -89,22 +89,26 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Build derives the cached value from a resolved instance. It runs once per cache fill.
-type Build[V any] func(q resolve.Query, inst resolve.Instance) V
+// Build derives the cached value from a resolved instance. It runs once per cache fill. An error
+// is cached like a negative answer (for NegativeTTL) and returned to every caller meanwhile.
+type Build[V any] func(q resolve.Query, inst resolve.Instance) (V, error)
 
+// key is one (scope, address). The scope id is interned: the 100k entries of a node with a
+// hundred networks share a hundred strings, not one copy each.
 type key struct {
 	kind resolve.Kind
-	id   string
+	id   unique.Handle[string]
 	addr netip.Addr
 }
 
-// entry is immutable once stored; a refresh replaces it.
+// entry is immutable once stored; a refresh replaces it. Entries are stored by value and their
+// times are offsets from the cache's epoch: with 100k entries every byte counts a hundred
+// thousand times. An entry may stand in for an unavailable source until expires+StaleWindow.
 type entry[V any] struct {
-	val        V
-	err        error // resolve.ErrNotFound or *resolve.AmbiguousError: cached negative answers
-	expires    time.Time
-	staleUntil time.Time
-	retryAt    time.Time // zero unless the last refresh failed
+	val     V
+	err     error // resolve.ErrNotFound, *resolve.AmbiguousError or a Build error: cached negative answers
+	expires time.Duration
+	retryAt time.Duration // zero unless the last refresh failed
 }
 
 // Cache is a coalescing cache over a Resolver. It is safe for concurrent use.
@@ -112,7 +116,8 @@ type Cache[V any] struct {
 	r     resolve.Resolver
 	build Build[V]
 	opt   Options
-	lru   *lru.Cache[key, *entry[V]]
+	epoch time.Time // entry times are offsets from it (monotonic when Now is time.Now)
+	lru   *lru[V]
 	group singleflight.Group
 }
 
@@ -120,32 +125,25 @@ type Cache[V any] struct {
 func New[V any](r resolve.Resolver, build Build[V], opt Options) (*Cache[V], error) {
 	opt.setDefaults()
 	c := &Cache[V]{r: r, build: build, opt: opt}
-	l, err := lru.NewWithEvict(opt.Size, func(key, *entry[V]) {
-		if opt.OnEvict != nil {
-			opt.OnEvict()
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("port cache of %d entries: %w", opt.Size, err)
-	}
-	c.lru = l
+	c.epoch = opt.Now()
+	c.lru = newLRU[V](opt.Size, opt.OnEvict)
 	return c, nil
 }
 
 // Len returns the number of cached answers.
-func (c *Cache[V]) Len() int { return c.lru.Len() }
+func (c *Cache[V]) Len() int { return c.lru.len() }
 
 // Lookup returns the cached value for q, asking the resolver when needed. The error is the
 // resolver's (possibly cached) error; errors.Is(err, resolve.ErrUnavailable) when no answer could be had.
 func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, error) {
-	k := key{kind: q.Scope.Kind, id: q.Scope.ID, addr: q.Addr}
-	now := c.opt.Now()
-	e, cached := c.lru.Get(k)
+	k := key{kind: q.Scope.Kind, id: unique.Make(q.Scope.ID), addr: q.Addr}
+	now := c.now()
+	e, cached := c.lru.get(k)
 	if cached {
-		if now.Before(e.expires) {
+		if now < e.expires {
 			return e.val, Hit, e.err
 		}
-		if now.Before(e.retryAt) && now.Before(e.staleUntil) {
+		if now < e.retryAt && now < c.staleUntil(e) {
 			return e.val, Stale, e.err
 		}
 	}
@@ -155,7 +153,7 @@ func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, err
 		led = true
 		// Another flight for k may have finished between the Get above and this one starting:
 		// its answer is fresh, and asking again would cost Neutron a second lookup.
-		if e, ok := c.lru.Peek(k); ok && c.opt.Now().Before(e.expires) {
+		if e, ok := c.lru.peek(k); ok && c.now() < e.expires {
 			return result[V]{val: e.val, outcome: Hit, err: e.err}, nil
 		}
 		return c.refresh(ctx, q, k), nil
@@ -185,31 +183,43 @@ type result[V any] struct {
 // the others.
 func (c *Cache[V]) refresh(ctx context.Context, q resolve.Query, k key) result[V] {
 	inst, err := c.r.Resolve(context.WithoutCancel(ctx), q)
-	now := c.opt.Now()
+	now := c.now()
 	var ambiguous *resolve.AmbiguousError
 	switch {
 	case err == nil:
-		e := &entry[V]{val: c.build(q, inst), expires: now.Add(c.opt.TTL)}
-		e.staleUntil = e.expires.Add(c.opt.StaleWindow)
-		c.lru.Add(k, e)
+		v, err := c.build(q, inst)
+		if err != nil {
+			return c.negative(k, now, fmt.Errorf("%s at %s: %w", q.Scope, q.Addr, err))
+		}
+		e := entry[V]{val: v, expires: now + c.opt.TTL}
+		c.lru.add(k, e)
 		return result[V]{val: e.val, outcome: Miss}
 	case errors.Is(err, resolve.ErrNotFound) || errors.As(err, &ambiguous):
-		e := &entry[V]{err: err, expires: now.Add(c.opt.NegativeTTL)}
-		e.staleUntil = e.expires.Add(c.opt.StaleWindow)
-		c.lru.Add(k, e)
-		return result[V]{outcome: Miss, err: err}
+		return c.negative(k, now, err)
 	}
 	// The source failed: fall back on a previous answer still inside its stale window.
-	if old, ok := c.lru.Peek(k); ok && now.Before(old.staleUntil) {
-		held := *old
-		held.retryAt = now.Add(c.opt.RetryAfterFailure)
-		c.lru.Add(k, &held)
+	if old, ok := c.lru.peek(k); ok && now < c.staleUntil(old) {
+		held := old
+		held.retryAt = now + c.opt.RetryAfterFailure
+		c.lru.add(k, held)
 		return result[V]{val: old.val, outcome: Stale, err: old.err}
 	}
 	var zero V
 	return result[V]{val: zero, outcome: Miss, err: err}
 }
 
+// negative caches err for k for NegativeTTL.
+func (c *Cache[V]) negative(k key, now time.Duration, err error) result[V] {
+	c.lru.add(k, entry[V]{err: err, expires: now + c.opt.NegativeTTL})
+	return result[V]{outcome: Miss, err: err}
+}
+
+// staleUntil is how long e may stand in for an unavailable source.
+func (c *Cache[V]) staleUntil(e entry[V]) time.Duration { return e.expires + c.opt.StaleWindow }
+
+// now is the clock as an offset from the cache's epoch.
+func (c *Cache[V]) now() time.Duration { return c.opt.Now().Sub(c.epoch) }
+
 func flightKey(k key) string {
-	return k.kind.String() + "/" + k.id + "/" + k.addr.String()
+	return k.kind.String() + "/" + k.id.Value() + "/" + k.addr.String()
 }

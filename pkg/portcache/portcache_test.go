@@ -52,8 +52,13 @@ func byIP(q resolve.Query) (resolve.Instance, error) {
 
 func newCache(t *testing.T, r resolve.Resolver, c *clock, opt Options) *Cache[string] {
 	t.Helper()
+	return newCacheBuild(t, r, c, opt, instanceID)
+}
+
+func newCacheBuild(t *testing.T, r resolve.Resolver, c *clock, opt Options, build Build[string]) *Cache[string] {
+	t.Helper()
 	opt.Now = c.now
-	cache, err := New(r, func(q resolve.Query, inst resolve.Instance) string { return inst.InstanceID }, opt)
+	cache, err := New(r, build, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +114,32 @@ func TestNegativeAnswersAreCachedBriefly(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBuildErrorsAreCachedLikeNegativeAnswers: an instance the value cannot be built from is
+// answered with the build's error, for NegativeTTL, without asking the resolver again meanwhile.
+func TestBuildErrorsAreCachedLikeNegativeAnswers(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	r := &fakeResolver{fn: byIP}
+	errBuild := errors.New("cannot build")
+	builds := 0
+	c := newCacheBuild(t, r, clk, Options{TTL: 10 * time.Second, NegativeTTL: 2 * time.Second}, func(q resolve.Query, inst resolve.Instance) (string, error) {
+		builds++
+		if builds == 1 {
+			return "", errBuild
+		}
+		return inst.InstanceID, nil
+	})
+	for range 3 {
+		if v, _, err := c.Lookup(context.Background(), query("10.0.0.7")); !errors.Is(err, errBuild) || v != "" {
+			t.Fatalf("Lookup = %q, %v; want the build error", v, err)
+		}
+	}
+	if r.calls.Load() != 1 {
+		t.Fatalf("resolver calls = %d, want 1", r.calls.Load())
+	}
+	clk.add(3 * time.Second)
+	mustLookup(t, c, query("10.0.0.7"), "vm-10.0.0.7", Miss)
 }
 
 func TestUnavailableSourceServesStaleThenFails(t *testing.T) {
@@ -246,6 +277,30 @@ func TestSizeIsBounded(t *testing.T) {
 	}
 }
 
+// TestEvictsLeastRecentlyUsed: a hit makes an entry recent, so the entry evicted to make room is
+// the one nobody asked for the longest, and a refreshed entry replaces its old self.
+func TestEvictsLeastRecentlyUsed(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	r := &fakeResolver{fn: byIP}
+	c := newCache(t, r, clk, Options{Size: 2, TTL: 10 * time.Second})
+	mustLookup(t, c, query("10.0.0.1"), "vm-10.0.0.1", Miss)
+	mustLookup(t, c, query("10.0.0.2"), "vm-10.0.0.2", Miss)
+	mustLookup(t, c, query("10.0.0.1"), "vm-10.0.0.1", Hit) // .2 is now the least recently used
+	mustLookup(t, c, query("10.0.0.3"), "vm-10.0.0.3", Miss)
+	mustLookup(t, c, query("10.0.0.1"), "vm-10.0.0.1", Hit)
+	mustLookup(t, c, query("10.0.0.2"), "vm-10.0.0.2", Miss) // evicted; now .3 is the oldest
+	mustLookup(t, c, query("10.0.0.1"), "vm-10.0.0.1", Hit)
+	clk.add(11 * time.Second)
+	mustLookup(t, c, query("10.0.0.1"), "vm-10.0.0.1", Miss) // expired: refreshed in place
+	if c.Len() != 2 {
+		t.Fatalf("len %d, want 2", c.Len())
+	}
+	mustLookup(t, c, query("10.0.0.2"), "vm-10.0.0.2", Miss)
+	if r.calls.Load() != 6 {
+		t.Fatalf("resolver calls %d, want 6", r.calls.Load())
+	}
+}
+
 func TestKeysIncludeScope(t *testing.T) {
 	r := &fakeResolver{fn: func(q resolve.Query) (resolve.Instance, error) {
 		return resolve.Instance{InstanceID: q.Scope.ID + "/" + q.Addr.String()}, nil
@@ -258,8 +313,10 @@ func TestKeysIncludeScope(t *testing.T) {
 	mustLookup(t, c, b, "net2/10.0.0.5", Miss)
 }
 
+func instanceID(_ resolve.Query, i resolve.Instance) (string, error) { return i.InstanceID, nil }
+
 func BenchmarkLookupHit(b *testing.B) {
-	c, _ := New[string](&fakeResolver{fn: byIP}, func(_ resolve.Query, i resolve.Instance) string { return i.InstanceID }, Options{})
+	c, _ := New[string](&fakeResolver{fn: byIP}, instanceID, Options{})
 	q := query("10.0.0.5")
 	c.Lookup(context.Background(), q)
 	b.ReportAllocs()
@@ -272,7 +329,7 @@ func BenchmarkLookupHit(b *testing.B) {
 
 func BenchmarkLookupMissCoalesced(b *testing.B) {
 	r := &fakeResolver{fn: byIP}
-	c, _ := New[string](r, func(_ resolve.Query, i resolve.Instance) string { return i.InstanceID }, Options{TTL: time.Nanosecond, NegativeTTL: time.Nanosecond})
+	c, _ := New[string](r, instanceID, Options{TTL: time.Nanosecond, NegativeTTL: time.Nanosecond})
 	q := query("10.0.0.5")
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
