@@ -101,7 +101,7 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool, te
 			}
 			return nil, err
 		}
-		neutron := resolve.NewNeutron(client, resolve.NeutronOptions{Timeout: cfg.NeutronTimeout})
+		neutron := resolve.NewNeutron(client, resolve.NeutronOptions{Timeout: cfg.NeutronTimeout, RouterNetworksTTL: cfg.Cache.TTL})
 		r, w.source, sourceLabel = readinessResolver{r: neutron, ready: w.ready}, "neutron at "+client.Endpoint, "neutron"
 		w.ready.probe = func(ctx context.Context) error { return probeNeutron(ctx, client, cfg.NeutronTimeout) }
 	}

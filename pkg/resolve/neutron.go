@@ -40,10 +40,13 @@ func instancePortFields() []string {
 
 // NeutronOptions tunes a Neutron resolver.
 type NeutronOptions struct {
-	// Timeout bounds one Resolve call, all of its Neutron requests together (router mode makes two).
-	// Zero means DefaultNeutronTimeout. There are no retries: the cache in front of the resolver
-	// coalesces lookups and serves stale answers while Neutron is down.
+	// Timeout bounds one Resolve call, all of its Neutron requests together (router mode may make
+	// two). Zero means DefaultNeutronTimeout. There are no retries: the cache in front of the
+	// resolver coalesces lookups and serves stale answers while Neutron is down.
 	Timeout time.Duration
+	// RouterNetworksTTL is how long the networks of a router's interface ports are reused in
+	// router mode. Zero means DefaultRouterNetworksTTL.
+	RouterNetworksTTL time.Duration
 }
 
 // Neutron resolves ports by asking Neutron's API (GET /v2.0/ports), the way neutron-metadata-agent
@@ -52,7 +55,9 @@ type NeutronOptions struct {
 //   - network mode: ports with network_id=<network> and fixed_ips=ip_address=<addr>;
 //   - router mode: first the router's interface ports (device_id=<router>, device_owner in the
 //     router-interface owners) for their networks, then ports on any of those networks (repeated
-//     network_id parameters) with the address;
+//     network_id parameters) with the address. The router's networks are reused for
+//     RouterNetworksTTL, so a VM costs one lookup as in network mode; when no port is found with a
+//     list older than a second, the router's networks are listed again first;
 //   - an EUI-64 link-local IPv6 source is matched with mac_address=<mac> instead of fixed_ips.
 //
 // The credentials behind the client must see the ports of every project (neutron's admin or
@@ -68,6 +73,7 @@ type NeutronOptions struct {
 type Neutron struct {
 	client  *gophercloud.ServiceClient
 	timeout time.Duration
+	routers *routerNets
 }
 
 var _ Resolver = (*Neutron)(nil)
@@ -79,7 +85,7 @@ func NewNeutron(client *gophercloud.ServiceClient, opts NeutronOptions) *Neutron
 	if timeout <= 0 {
 		timeout = DefaultNeutronTimeout
 	}
-	return &Neutron{client: client, timeout: timeout}
+	return &Neutron{client: client, timeout: timeout, routers: newRouterNets(opts.RouterNetworksTTL, time.Now)}
 }
 
 // Resolve finds the one port in q.Scope that owns q.Addr.
@@ -94,19 +100,32 @@ func (n *Neutron) Resolve(ctx context.Context, q Query) (Instance, error) {
 	callCtx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
 
-	networks := []string{q.Scope.ID}
-	if q.Scope.Kind == KindRouter {
-		networks, err = n.routerNetworks(callCtx, q.Scope.ID)
-		if err != nil {
-			return Instance{}, n.unavailable(ctx, callCtx, fmt.Sprintf("resolve %s on %s: list the router's interface ports", t, q.Scope), err)
-		}
-		if len(networks) == 0 {
-			// neutron-metadata-agent would then search every network for the address; a router
-			// without interfaces has no VMs behind it, so nothing may be signed.
-			return Instance{}, fmt.Errorf("resolve %s on %s: the router has no interface ports: %w", t, q.Scope, ErrNotFound)
-		}
+	if q.Scope.Kind == KindNetwork {
+		return n.resolveOn(ctx, callCtx, q, t, []string{q.Scope.ID})
 	}
+	networks, listed, err := n.routers.get(callCtx, q.Scope.ID, 0, n.routerNetworks)
+	if err != nil {
+		return Instance{}, n.unavailable(ctx, callCtx, fmt.Sprintf("resolve %s on %s: list the router's interface ports", t, q.Scope), err)
+	}
+	inst, err := n.resolveOn(ctx, callCtx, q, t, networks)
+	if listed || !errors.Is(err, ErrNotFound) {
+		return inst, err
+	}
+	// Not found with a reused list: the VM's network may have been attached since.
+	again, relisted, lerr := n.routers.get(callCtx, q.Scope.ID, routerNetworksRecheck, n.routerNetworks)
+	if lerr != nil || !relisted || slices.Equal(again, networks) {
+		return inst, err
+	}
+	return n.resolveOn(ctx, callCtx, q, t, again)
+}
 
+// resolveOn finds the one port on networks (sorted, distinct) that owns t.
+func (n *Neutron) resolveOn(ctx, callCtx context.Context, q Query, t target, networks []string) (Instance, error) {
+	if len(networks) == 0 {
+		// neutron-metadata-agent would then search every network for the address; a router
+		// without interfaces has no VMs behind it, so nothing may be signed.
+		return Instance{}, fmt.Errorf("resolve %s on %s: the router has no interface ports: %w", t, q.Scope, ErrNotFound)
+	}
 	pq := portQuery{networkIDs: networks, fields: instancePortFields()}
 	if t.mac != "" {
 		pq.macAddress = t.mac
@@ -114,7 +133,7 @@ func (n *Neutron) Resolve(ctx context.Context, q Query) (Instance, error) {
 		pq.ipAddress = t.addr.String()
 	}
 	var cands []candidate
-	err = n.list(callCtx, pq, func(p ports.Port) {
+	err := n.list(callCtx, pq, func(p ports.Port) {
 		cands = append(cands, candidate{
 			id: p.ID, deviceID: p.DeviceID, projectID: p.ProjectID, tenantID: p.TenantID, networkID: p.NetworkID,
 		})

@@ -299,6 +299,62 @@ func TestNeutronResolve(t *testing.T) {
 	}
 }
 
+// TestNeutronRouterNetworksAreReused: behind one router, each VM costs one port lookup; the
+// router's networks are listed once per TTL, and again when a lookup finds nothing with a list
+// older than a second (a network attached since), but not for every unknown address.
+func TestNeutronRouterNetworksAreReused(t *testing.T) {
+	ip := func(a string) url.Values { return instanceQuery([]string{netA}, "fixed_ips", "ip_address="+a) }
+	ipAB := func(a string) url.Values { return instanceQuery([]string{netA, netB}, "fixed_ips", "ip_address="+a) }
+	onlyA := `{"ports":[{"network_id":"` + netA + `"}]}`
+	both := `{"ports":[{"network_id":"` + netA + `"},{"network_id":"` + netB + `"}]}`
+	vm := func(n int, network string) string {
+		return portsJSON(portJSON(fmt.Sprintf("port-%d", n), fmt.Sprintf("vm-%d", n), "p", "p", network))
+	}
+	f := newFakeNeutron(t,
+		neutronCall{query: routerQuery(routerR), body: onlyA},
+		neutronCall{query: ip("10.0.0.5"), body: vm(1, netA)},
+		neutronCall{query: ip("10.0.0.6"), body: vm(2, netA)}, // list reused
+		// 2s later: 10.0.1.7 is on netB, attached since the list was made.
+		neutronCall{query: ip("10.0.1.7"), body: portsJSON()},
+		neutronCall{query: routerQuery(routerR), body: both},
+		neutronCall{query: ipAB("10.0.1.7"), body: vm(3, netB)},
+		// An unknown address right after: the list is younger than a second, not listed again.
+		neutronCall{query: ipAB("10.0.9.9"), body: portsJSON()},
+		// 11s later the list has expired.
+		neutronCall{query: routerQuery(routerR), body: both},
+		neutronCall{query: ipAB("10.0.0.5"), body: vm(1, netA)},
+	)
+	n := NewNeutron(f.client(), NeutronOptions{RouterNetworksTTL: 10 * time.Second})
+	clk := time.Unix(1000, 0)
+	n.routers.now = func() time.Time { return clk }
+	resolve := func(addr string) (Instance, error) {
+		return n.Resolve(context.Background(), Query{Scope: Scope{Kind: KindRouter, ID: routerR}, Addr: netip.MustParseAddr(addr)})
+	}
+	for _, step := range []struct {
+		advance time.Duration
+		addr    string
+		want    string // instance id; "" means not found
+	}{
+		{0, "10.0.0.5", "vm-1"},
+		{0, "10.0.0.6", "vm-2"},
+		{2 * time.Second, "10.0.1.7", "vm-3"},
+		{0, "10.0.9.9", ""},
+		{11 * time.Second, "10.0.0.5", "vm-1"},
+	} {
+		clk = clk.Add(step.advance)
+		inst, err := resolve(step.addr)
+		switch {
+		case step.want == "" && !errors.Is(err, ErrNotFound):
+			t.Fatalf("%s: %+v, %v; want not found", step.addr, inst, err)
+		case step.want != "" && (err != nil || inst.InstanceID != step.want):
+			t.Fatalf("%s: %+v, %v; want %s", step.addr, inst, err, step.want)
+		}
+	}
+	if got := f.requests(); got != 9 {
+		t.Errorf("Neutron saw %d requests, want 9", got)
+	}
+}
+
 // checkResolve asserts one Resolve outcome.
 func checkResolve(t *testing.T, got Instance, err error, want Instance, wantErr error, wantAmbiguous []string, wantMsg string) {
 	t.Helper()
