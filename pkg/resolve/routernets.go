@@ -19,8 +19,11 @@ const routerNetworksRecheck = time.Second
 
 // routerNets caches the networks of each router for a TTL, one Neutron call per router at a time,
 // so that router mode costs Neutron one port lookup per VM, like network mode, plus one listing
-// per router and TTL. Reusing a list for a few seconds is safe: a VM reaches a router's listener
-// only from a network attached to the router, and the port lookup itself is always fresh.
+// per router and TTL. The staleness is the one the port cache already accepts for its
+// (router, address) answers, and the one neutron-metadata-agent accepted when it cached router
+// networks: a change of the router's interfaces is seen within the TTL (at once for a network
+// attached since, see Neutron). A VM reaches a router's listener only from an attached network,
+// and the port lookup itself is always fresh.
 type routerNets struct {
 	ttl   time.Duration
 	now   func() time.Time
