@@ -3,7 +3,8 @@
 # (`make deps`): Go micro-benchmarks of the hot paths, then the side-by-side run against the
 # incumbent neutron-metadata-agent (e2e/bench). Writes bench-results/ (raw output + report.md).
 # Env: ENVOY_BIN (measure the real Envoy instead of the e2e stand-in), BENCH_DURATION (10s),
-# BENCH_CONCURRENCY (10), BENCH_STORM_VMS (20), BENCH_TIME (Go benchtime, 1s), BENCH_SKIP_GO=1,
+# BENCH_CONCURRENCY (10), BENCH_STORM_VMS (20), BENCH_RATES (open-loop ext_proc rates, 1000,4000),
+# BENCH_TIME (Go benchtime, 1s), BENCH_SKIP_GO=1,
 # BENCH_SKIP_SIDE=1, OUT (bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
