@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -172,5 +173,14 @@ func BenchmarkMemoryPerCachedVM(b *testing.B) {
 		}
 		b.ReportMetric(float64(heap()-base)/vms, "B/VM")
 		runtime.KeepAlive(d)
+	}
+}
+
+// TestRequestHeadersReadAreTheTraceContext: the only request headers a Decider reads are the
+// propagator's, so a lean decoding that keeps just those loses nothing it uses.
+func TestRequestHeadersReadAreTheTraceContext(t *testing.T) {
+	got := newDecider(t).RequestHeadersRead()
+	if !slices.Contains(got, "traceparent") || slices.ContainsFunc(got, func(h string) bool { return strings.HasPrefix(h, "x-") }) {
+		t.Fatalf("headers read %v", got)
 	}
 }

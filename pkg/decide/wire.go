@@ -8,8 +8,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
@@ -143,23 +141,15 @@ const overwrite = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 var field = struct {
 	requestHeaders, response, mutation, setHeaders, removeHeaders, header, appendAction, key, rawValue protowire.Number
 }{
-	requestHeaders: number(&extprocv3.ProcessingResponse{}, "request_headers"),
-	response:       number(&extprocv3.HeadersResponse{}, "response"),
-	mutation:       number(&extprocv3.CommonResponse{}, "header_mutation"),
-	setHeaders:     number(&extprocv3.HeaderMutation{}, "set_headers"),
-	removeHeaders:  number(&extprocv3.HeaderMutation{}, "remove_headers"),
-	header:         number(&corev3.HeaderValueOption{}, "header"),
-	appendAction:   number(&corev3.HeaderValueOption{}, "append_action"),
-	key:            number(&corev3.HeaderValue{}, "key"),
-	rawValue:       number(&corev3.HeaderValue{}, "raw_value"),
-}
-
-func number(m proto.Message, name string) protowire.Number {
-	fd := m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(name))
-	if fd == nil {
-		panic(fmt.Sprintf("%s has no field %s", m.ProtoReflect().Descriptor().FullName(), name))
-	}
-	return fd.Number()
+	requestHeaders: extproc.FieldNumber(&extprocv3.ProcessingResponse{}, "request_headers"),
+	response:       extproc.FieldNumber(&extprocv3.HeadersResponse{}, "response"),
+	mutation:       extproc.FieldNumber(&extprocv3.CommonResponse{}, "header_mutation"),
+	setHeaders:     extproc.FieldNumber(&extprocv3.HeaderMutation{}, "set_headers"),
+	removeHeaders:  extproc.FieldNumber(&extprocv3.HeaderMutation{}, "remove_headers"),
+	header:         extproc.FieldNumber(&corev3.HeaderValueOption{}, "header"),
+	appendAction:   extproc.FieldNumber(&corev3.HeaderValueOption{}, "append_action"),
+	key:            extproc.FieldNumber(&corev3.HeaderValue{}, "key"),
+	rawValue:       extproc.FieldNumber(&corev3.HeaderValue{}, "raw_value"),
 }
 
 // removedTail is the remove_headers part of every signed answer's HeaderMutation (RemovedHeaders,

@@ -65,10 +65,16 @@ func (e *Encoded) WithModeOverride(mode *extprocfv3.ProcessingMode) (*Encoded, e
 	return &Encoded{head: e.head, tail: append(append(tail, e.tail...), extra...)}, nil
 }
 
-// wireCodec is the proto codec, except that an *Encoded is sent as the bytes it holds.
-type wireCodec struct{ proto encoding.CodecV2 }
+// wireCodec is the proto codec, except that an *Encoded is sent as the bytes it holds and, with
+// a lean decoder, request_headers messages are decoded leanly (leanDecoder).
+type wireCodec struct {
+	proto encoding.CodecV2
+	lean  *leanDecoder // nil: every message is decoded in full
+}
 
-func newWireCodec() wireCodec { return wireCodec{proto: encoding.GetCodecV2(proto.Name)} }
+func newWireCodec(lean *leanDecoder) wireCodec {
+	return wireCodec{proto: encoding.GetCodecV2(proto.Name), lean: lean}
+}
 
 func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if e, ok := v.(*Encoded); ok {
@@ -81,6 +87,16 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.proto.Marshal(v)
 }
 
-func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if m, ok := v.(*extprocv3.ProcessingRequest); ok && c.lean != nil {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		done := c.lean.decode(buf.ReadOnlyData(), m)
+		buf.Free()
+		if done {
+			return nil
+		}
+	}
+	return c.proto.Unmarshal(data, v)
+}
 
 func (c wireCodec) Name() string { return proto.Name }

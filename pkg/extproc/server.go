@@ -40,6 +40,8 @@ type Server struct {
 
 	inFlight metric.Int64UpDownCounter // nil: not measured
 	streams  metric.Int64Counter
+
+	lean *leanDecoder // nil: requests are decoded in full
 }
 
 // MetricStreamsInFlight and MetricStreams are the metrics a Server with WithMetrics exports.
@@ -67,6 +69,21 @@ func WithMetrics(mp metric.MeterProvider) ServerOption {
 		// Export both from the start, so that the first stream is a change a rate() can see.
 		s.inFlight.Add(context.Background(), 0)
 		s.streams.Add(context.Background(), 0)
+		return nil
+	}
+}
+
+// WithLeanRequests declares that the Processor reads, of a request_headers message, only the
+// source.address request attribute and the request headers named in headers (lower case): the gRPC server then
+// decodes just those (see leanDecoder), and leaves out everything else, in particular every other
+// header the VM sent. Other messages are decoded in full.
+func WithLeanRequests(headers ...string) ServerOption {
+	return func(s *Server) error {
+		keep := make(map[string]bool, len(headers))
+		for _, h := range headers {
+			keep[strings.ToLower(h)] = true
+		}
+		s.lean = &leanDecoder{keep: keep}
 		return nil
 	}
 }
@@ -196,7 +213,7 @@ func Listen(addr string) (net.Listener, error) {
 // NewGRPCServer returns a gRPC server carrying the ExternalProcessor and the health service.
 // Health starts NOT_SERVING; the caller flips it with SetServing once it can answer.
 func NewGRPCServer(s *Server, opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
-	g := grpc.NewServer(append([]grpc.ServerOption{grpc.ForceServerCodecV2(newWireCodec())}, opts...)...)
+	g := grpc.NewServer(append([]grpc.ServerOption{grpc.ForceServerCodecV2(newWireCodec(s.lean))}, opts...)...)
 	extprocv3.RegisterExternalProcessorServer(g, s)
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

@@ -78,7 +78,9 @@ func start(t *testing.T) (*grpc.ClientConn, *ports, func(bool)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, h := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler)))
+	// As cmd/extproc runs it: request_headers decoded leanly (the spoof matrix below proves that
+	// the VM's headers play no part either way).
+	g, h := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler), extproc.WithLeanRequests(d.RequestHeadersRead()...)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- extproc.Serve(ctx, g, l) }()

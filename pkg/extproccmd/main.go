@@ -91,7 +91,8 @@ func serve(ctx context.Context, cfg Config, w *wiring, tel *telemetry.Telemetry,
 	if err != nil {
 		return err
 	}
-	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider)))
+	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider),
+		extproc.WithLeanRequests(w.decider.RequestHeadersRead()...)))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

@@ -1,0 +1,344 @@
+package extproc
+
+import (
+	"fmt"
+	"unicode/utf8"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/metaproxy/metaproxy/pkg/contract"
+)
+
+// FieldNumber returns the number of m's field called name, read from the generated descriptor so
+// that hand-written encoders and decoders cannot drift from the .proto files. It panics on a name
+// m does not have: a programming error, caught by any test that touches the caller.
+func FieldNumber(m proto.Message, name string) protowire.Number {
+	fd := m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(name))
+	if fd == nil {
+		panic(fmt.Sprintf("%s has no field %s", m.ProtoReflect().Descriptor().FullName(), name))
+	}
+	return fd.Number()
+}
+
+// leanDecoder decodes the one message cmd/extproc gets for nearly every stream, request_headers,
+// keeping only what the decision reads: the source.address request attribute and the request
+// headers named in keep (trace context). The VM's other headers, the metadata context and the
+// protocol configuration are skipped without being copied: a full decode of them was a third of
+// the garbage made per stream. Anything else (another phase, a source.address that is not a plain
+// string) makes decode return false, and the caller decodes the message in full.
+type leanDecoder struct {
+	keep map[string]bool
+}
+
+var lean = struct {
+	requestHeaders, attributes                          protowire.Number
+	otherPhases                                         [5]protowire.Number
+	httpHeaders, endOfStream                            protowire.Number
+	headerMapHeaders, key, value, rawValue              protowire.Number
+	entryKey, entryValue, structFields, valueStringKind protowire.Number
+}{
+	requestHeaders: FieldNumber(&extprocv3.ProcessingRequest{}, "request_headers"),
+	attributes:     FieldNumber(&extprocv3.ProcessingRequest{}, "attributes"),
+	otherPhases: [5]protowire.Number{
+		FieldNumber(&extprocv3.ProcessingRequest{}, "response_headers"),
+		FieldNumber(&extprocv3.ProcessingRequest{}, "request_body"),
+		FieldNumber(&extprocv3.ProcessingRequest{}, "response_body"),
+		FieldNumber(&extprocv3.ProcessingRequest{}, "request_trailers"),
+		FieldNumber(&extprocv3.ProcessingRequest{}, "response_trailers"),
+	},
+	httpHeaders:      FieldNumber(&extprocv3.HttpHeaders{}, "headers"),
+	endOfStream:      FieldNumber(&extprocv3.HttpHeaders{}, "end_of_stream"),
+	headerMapHeaders: FieldNumber(&corev3.HeaderMap{}, "headers"),
+	key:              FieldNumber(&corev3.HeaderValue{}, "key"),
+	value:            FieldNumber(&corev3.HeaderValue{}, "value"),
+	rawValue:         FieldNumber(&corev3.HeaderValue{}, "raw_value"),
+	// Map entries are messages {key = 1; value = 2} by the protobuf specification.
+	entryKey:        1,
+	entryValue:      2,
+	structFields:    FieldNumber(&structpb.Struct{}, "fields"),
+	valueStringKind: FieldNumber(&structpb.Value{}, "string_value"),
+}
+
+// decode fills m from b and returns true, or returns false (m untouched) when b is not a plain
+// request_headers message or is malformed; the caller then decodes b in full.
+func (d leanDecoder) decode(b []byte, m *extprocv3.ProcessingRequest) bool {
+	var (
+		headers    *extprocv3.HttpHeaders
+		attrsFound bool
+		source     *string // source.address of the last attributes entry for ext_proc
+		sourceOK   = true  // false: the value is not a plain string (decoded in full)
+	)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == lean.requestHeaders && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			if headers == nil {
+				headers = &extprocv3.HttpHeaders{}
+			}
+			if !d.httpHeaders(v, headers) { // a repeated message field merges: keep adding
+				return false
+			}
+		case num == lean.attributes && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			key, value, ok := mapEntry(v)
+			if !ok {
+				return false
+			}
+			if key != contract.ExtProcAttributesKey {
+				continue
+			}
+			// A later entry with the same key replaces the earlier one.
+			attrsFound, source, sourceOK = true, nil, true
+			if !structSource(value, &source, &sourceOK) {
+				return false
+			}
+		case isOtherPhase(num):
+			return false
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+		}
+	}
+	if headers == nil || !sourceOK {
+		return false
+	}
+	m.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: headers}
+	if attrsFound {
+		s := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		if source != nil {
+			s.Fields[contract.SourceAddressAttribute] = structpb.NewStringValue(*source)
+		}
+		m.Attributes = map[string]*structpb.Struct{contract.ExtProcAttributesKey: s}
+	}
+	return true
+}
+
+func isOtherPhase(num protowire.Number) bool {
+	for _, p := range lean.otherPhases {
+		if num == p {
+			return true
+		}
+	}
+	return false
+}
+
+// httpHeaders adds the kept headers of b (an HttpHeaders) to h.
+func (d leanDecoder) httpHeaders(b []byte, h *extprocv3.HttpHeaders) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == lean.httpHeaders && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 || !d.headerMap(v, h) {
+				return false
+			}
+			b = b[n:]
+		case num == lean.endOfStream && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			h.EndOfStream = protowire.DecodeBool(v)
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+		}
+	}
+	return true
+}
+
+// headerMap appends the kept headers of b (a HeaderMap) to h. Every header is checked as a full
+// decode would (keys and values are proto3 strings: valid UTF-8), kept or not.
+func (d leanDecoder) headerMap(b []byte, h *extprocv3.HttpHeaders) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if num != lean.headerMapHeaders || typ != protowire.BytesType {
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		var key, value, raw []byte
+		hasRaw := false
+		for len(v) > 0 {
+			num, typ, n := protowire.ConsumeTag(v)
+			if n < 0 {
+				return false
+			}
+			v = v[n:]
+			if typ != protowire.BytesType || (num != lean.key && num != lean.value && num != lean.rawValue) {
+				n := protowire.ConsumeFieldValue(num, typ, v)
+				if n < 0 {
+					return false
+				}
+				v = v[n:]
+				continue
+			}
+			f, n := protowire.ConsumeBytes(v)
+			if n < 0 {
+				return false
+			}
+			v = v[n:]
+			switch num {
+			case lean.key:
+				key = f
+			case lean.value:
+				value = f
+			default:
+				raw, hasRaw = f, true
+			}
+		}
+		if !utf8.Valid(key) || !utf8.Valid(value) {
+			return false
+		}
+		if d.keep[string(key)] {
+			hv := &corev3.HeaderValue{Key: string(key), Value: string(value)}
+			if hasRaw {
+				hv.RawValue = append([]byte{}, raw...)
+			}
+			if h.Headers == nil {
+				h.Headers = &corev3.HeaderMap{}
+			}
+			h.Headers.Headers = append(h.Headers.Headers, hv)
+		}
+	}
+	return true
+}
+
+// mapEntry splits a map entry into its key (a valid UTF-8 string) and value bytes.
+func mapEntry(b []byte) (key string, value []byte, ok bool) {
+	var k []byte
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", nil, false
+		}
+		b = b[n:]
+		if typ != protowire.BytesType || (num != lean.entryKey && num != lean.entryValue) {
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return "", nil, false
+			}
+			b = b[n:]
+			continue
+		}
+		f, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return "", nil, false
+		}
+		b = b[n:]
+		if num == lean.entryKey {
+			k = f
+		} else {
+			value = f
+		}
+	}
+	if !utf8.Valid(k) {
+		return "", nil, false
+	}
+	return string(k), value, true
+}
+
+// structSource finds source.address in b (a Struct). *source is set to a plain string value;
+// *plain is false when the value has any other kind (or several kinds, merged).
+func structSource(b []byte, source **string, plain *bool) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if num != lean.structFields || typ != protowire.BytesType {
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		key, value, ok := mapEntry(v)
+		if !ok {
+			return false
+		}
+		if key != contract.SourceAddressAttribute {
+			continue
+		}
+		// A later entry replaces the earlier one.
+		*source, *plain = nil, true
+		s, ok := plainString(value)
+		if !ok {
+			*plain = false
+			continue
+		}
+		*source = &s
+	}
+	return true
+}
+
+// plainString returns the string of b (a Value) when string_value is its only field.
+func plainString(b []byte) (string, bool) {
+	var s []byte
+	found := false
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num != lean.valueStringKind || typ != protowire.BytesType {
+			return "", false
+		}
+		b = b[n:]
+		f, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return "", false
+		}
+		b = b[n:]
+		s, found = f, true
+	}
+	if !found || !utf8.Valid(s) {
+		return "", false
+	}
+	return string(s), true
+}
