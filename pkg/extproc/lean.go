@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"fmt"
+	"slices"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -73,54 +74,25 @@ func (d leanDecoder) decode(b []byte, m *extprocv3.ProcessingRequest) bool {
 		source     *string // source.address of the last attributes entry for ext_proc
 		sourceOK   = true  // false: the value is not a plain string (decoded in full)
 	)
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
+	ok := fields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
 		switch {
 		case num == lean.requestHeaders && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
 			if headers == nil {
 				headers = &extprocv3.HttpHeaders{}
 			}
-			if !d.httpHeaders(v, headers) { // a repeated message field merges: keep adding
-				return false
-			}
+			return d.httpHeaders(v, headers) // a repeated message field merges: keep adding
 		case num == lean.attributes && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
 			key, value, ok := mapEntry(v)
-			if !ok {
-				return false
-			}
-			if key != contract.ExtProcAttributesKey {
-				continue
+			if !ok || key != contract.ExtProcAttributesKey {
+				return ok
 			}
 			// A later entry with the same key replaces the earlier one.
 			attrsFound, source, sourceOK = true, nil, true
-			if !structSource(value, &source, &sourceOK) {
-				return false
-			}
-		case isOtherPhase(num):
-			return false
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
+			return structSource(value, &source, &sourceOK)
 		}
-	}
-	if headers == nil || !sourceOK {
+		return !slices.Contains(lean.otherPhases[:], num)
+	})
+	if !ok || headers == nil || !sourceOK {
 		return false
 	}
 	m.Request = &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: headers}
@@ -134,113 +106,84 @@ func (d leanDecoder) decode(b []byte, m *extprocv3.ProcessingRequest) bool {
 	return true
 }
 
-func isOtherPhase(num protowire.Number) bool {
-	for _, p := range lean.otherPhases {
-		if num == p {
-			return true
-		}
-	}
-	return false
-}
-
-// httpHeaders adds the kept headers of b (an HttpHeaders) to h.
-func (d leanDecoder) httpHeaders(b []byte, h *extprocv3.HttpHeaders) bool {
+// fields calls fn with each field of the message b: its number, its wire type and, when length
+// delimited, its content (else its encoded value). Fields of unexpected numbers or types are for
+// fn to skip, as protobuf keeps them as unknown fields. It returns false on malformed input or as
+// soon as fn does.
+func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte) bool) bool {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return false
 		}
 		b = b[n:]
-		switch {
-		case num == lean.httpHeaders && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 || !d.headerMap(v, h) {
-				return false
-			}
-			b = b[n:]
-		case num == lean.endOfStream && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
-			h.EndOfStream = protowire.DecodeBool(v)
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
+		var v []byte
+		if typ == protowire.BytesType {
+			v, n = protowire.ConsumeBytes(b)
+		} else if n = protowire.ConsumeFieldValue(num, typ, b); n >= 0 {
+			v = b[:n]
+		}
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if !fn(num, typ, v) {
+			return false
 		}
 	}
 	return true
 }
 
-// headerMap appends the kept headers of b (a HeaderMap) to h. Every header is checked as a full
-// decode would (keys and values are proto3 strings: valid UTF-8), kept or not.
-func (d leanDecoder) headerMap(b []byte, h *extprocv3.HttpHeaders) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		if num != lean.headerMapHeaders || typ != protowire.BytesType {
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
-			continue
-		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		var key, value, raw []byte
-		hasRaw := false
-		for len(v) > 0 {
-			num, typ, n := protowire.ConsumeTag(v)
-			if n < 0 {
-				return false
-			}
-			v = v[n:]
-			if typ != protowire.BytesType || (num != lean.key && num != lean.value && num != lean.rawValue) {
-				n := protowire.ConsumeFieldValue(num, typ, v)
-				if n < 0 {
-					return false
+// httpHeaders adds the kept headers of b (an HttpHeaders) to h.
+func (d leanDecoder) httpHeaders(b []byte, h *extprocv3.HttpHeaders) bool {
+	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		switch {
+		case num == lean.httpHeaders && typ == protowire.BytesType:
+			return fields(v, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+				if num != lean.headerMapHeaders || typ != protowire.BytesType {
+					return true
 				}
-				v = v[n:]
-				continue
-			}
-			f, n := protowire.ConsumeBytes(v)
-			if n < 0 {
-				return false
-			}
-			v = v[n:]
-			switch num {
-			case lean.key:
-				key = f
-			case lean.value:
-				value = f
-			default:
-				raw, hasRaw = f, true
-			}
+				return d.header(v, h)
+			})
+		case num == lean.endOfStream && typ == protowire.VarintType:
+			x, _ := protowire.ConsumeVarint(v)
+			h.EndOfStream = protowire.DecodeBool(x)
 		}
-		if !utf8.Valid(key) || !utf8.Valid(value) {
-			return false
+		return true
+	})
+}
+
+// header appends b (a HeaderValue) to h when its key is kept. Every header is checked as a full
+// decode would (keys and values are proto3 strings: valid UTF-8), kept or not.
+func (d leanDecoder) header(b []byte, h *extprocv3.HttpHeaders) bool {
+	var key, value, raw []byte
+	hasRaw := false
+	ok := fields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		if typ != protowire.BytesType {
+			return true
 		}
-		if d.keep[string(key)] {
-			hv := &corev3.HeaderValue{Key: string(key), Value: string(value)}
-			if hasRaw {
-				hv.RawValue = append([]byte{}, raw...)
-			}
-			if h.Headers == nil {
-				h.Headers = &corev3.HeaderMap{}
-			}
-			h.Headers.Headers = append(h.Headers.Headers, hv)
+		switch num {
+		case lean.key:
+			key = v
+		case lean.value:
+			value = v
+		case lean.rawValue:
+			raw, hasRaw = v, true
 		}
+		return true
+	})
+	if !ok || !utf8.Valid(key) || !utf8.Valid(value) {
+		return false
+	}
+	if d.keep[string(key)] {
+		hv := &corev3.HeaderValue{Key: string(key), Value: string(value)}
+		if hasRaw {
+			hv.RawValue = append([]byte{}, raw...)
+		}
+		if h.Headers == nil {
+			h.Headers = &corev3.HeaderMap{}
+		}
+		h.Headers.Headers = append(h.Headers.Headers, hv)
 	}
 	return true
 }
@@ -248,32 +191,17 @@ func (d leanDecoder) headerMap(b []byte, h *extprocv3.HttpHeaders) bool {
 // mapEntry splits a map entry into its key (a valid UTF-8 string) and value bytes.
 func mapEntry(b []byte) (key string, value []byte, ok bool) {
 	var k []byte
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return "", nil, false
+	ok = fields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		switch {
+		case typ != protowire.BytesType:
+		case num == lean.entryKey:
+			k = v
+		case num == lean.entryValue:
+			value = v
 		}
-		b = b[n:]
-		if typ != protowire.BytesType || (num != lean.entryKey && num != lean.entryValue) {
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return "", nil, false
-			}
-			b = b[n:]
-			continue
-		}
-		f, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return "", nil, false
-		}
-		b = b[n:]
-		if num == lean.entryKey {
-			k = f
-		} else {
-			value = f
-		}
-	}
-	if !utf8.Valid(k) {
+		return true
+	})
+	if !ok || !utf8.Valid(k) {
 		return "", nil, false
 	}
 	return string(k), value, true
@@ -282,62 +210,34 @@ func mapEntry(b []byte) (key string, value []byte, ok bool) {
 // structSource finds source.address in b (a Struct). *source is set to a plain string value;
 // *plain is false when the value has any other kind (or several kinds, merged).
 func structSource(b []byte, source **string, plain *bool) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
+	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
 		if num != lean.structFields || typ != protowire.BytesType {
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
-			continue
+			return true
 		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
 		key, value, ok := mapEntry(v)
-		if !ok {
-			return false
-		}
-		if key != contract.SourceAddressAttribute {
-			continue
+		if !ok || key != contract.SourceAddressAttribute {
+			return ok
 		}
 		// A later entry replaces the earlier one.
 		*source, *plain = nil, true
-		s, ok := plainString(value)
-		if !ok {
+		if s, ok := plainString(value); ok {
+			*source = &s
+		} else {
 			*plain = false
-			continue
 		}
-		*source = &s
-	}
-	return true
+		return true
+	})
 }
 
 // plainString returns the string of b (a Value) when string_value is its only field.
 func plainString(b []byte) (string, bool) {
 	var s []byte
 	found := false
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || num != lean.valueStringKind || typ != protowire.BytesType {
-			return "", false
-		}
-		b = b[n:]
-		f, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return "", false
-		}
-		b = b[n:]
-		s, found = f, true
-	}
-	if !found || !utf8.Valid(s) {
+	ok := fields(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		s, found = v, true
+		return num == lean.valueStringKind && typ == protowire.BytesType
+	})
+	if !ok || !found || !utf8.Valid(s) {
 		return "", false
 	}
 	return string(s), true

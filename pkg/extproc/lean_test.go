@@ -2,10 +2,12 @@ package extproc
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -144,4 +146,20 @@ func FuzzLeanDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLeanKnowsEveryPhase: every member of ProcessingRequest's request oneof is either the one
+// decoded leanly or one that sends the message to the full decoder (a phase added to the proto
+// must be added there too).
+func TestLeanKnowsEveryPhase(t *testing.T) {
+	oneof := (&extprocv3.ProcessingRequest{}).ProtoReflect().Descriptor().Oneofs().ByName("request")
+	known := append([]protowire.Number{lean.requestHeaders}, lean.otherPhases[:]...)
+	if oneof.Fields().Len() != len(known) {
+		t.Fatalf("the request oneof has %d members, the lean decoder knows %d", oneof.Fields().Len(), len(known))
+	}
+	for i := range oneof.Fields().Len() {
+		if f := oneof.Fields().Get(i); !slices.Contains(known, f.Number()) {
+			t.Errorf("phase %s (%d) unknown to the lean decoder", f.Name(), f.Number())
+		}
+	}
 }
