@@ -105,11 +105,7 @@ func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Lo
 			}
 		}
 	}
-	c, err := portcache.New(r, d.build, opt)
-	if err != nil {
-		return nil, err
-	}
-	d.cache = c
+	d.cache = portcache.New(r, d.build, opt)
 	return d, nil
 }
 

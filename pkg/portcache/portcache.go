@@ -122,12 +122,9 @@ type Cache[V any] struct {
 }
 
 // New returns a Cache over r that stores build's result for each resolved instance.
-func New[V any](r resolve.Resolver, build Build[V], opt Options) (*Cache[V], error) {
+func New[V any](r resolve.Resolver, build Build[V], opt Options) *Cache[V] {
 	opt.setDefaults()
-	c := &Cache[V]{r: r, build: build, opt: opt}
-	c.epoch = opt.Now()
-	c.lru = newLRU[V](opt.Size, opt.OnEvict)
-	return c, nil
+	return &Cache[V]{r: r, build: build, opt: opt, epoch: opt.Now(), lru: newLRU[V](opt.Size, opt.OnEvict)}
 }
 
 // Len returns the number of cached answers.

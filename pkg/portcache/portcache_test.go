@@ -58,11 +58,7 @@ func newCache(t *testing.T, r resolve.Resolver, c *clock, opt Options) *Cache[st
 func newCacheBuild(t *testing.T, r resolve.Resolver, c *clock, opt Options, build Build[string]) *Cache[string] {
 	t.Helper()
 	opt.Now = c.now
-	cache, err := New(r, build, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cache
+	return New(r, build, opt)
 }
 
 func mustLookup(t *testing.T, c *Cache[string], q resolve.Query, wantVal string, wantOutcome Outcome) {
@@ -316,7 +312,7 @@ func TestKeysIncludeScope(t *testing.T) {
 func instanceID(_ resolve.Query, i resolve.Instance) (string, error) { return i.InstanceID, nil }
 
 func BenchmarkLookupHit(b *testing.B) {
-	c, _ := New[string](&fakeResolver{fn: byIP}, instanceID, Options{})
+	c := New[string](&fakeResolver{fn: byIP}, instanceID, Options{})
 	q := query("10.0.0.5")
 	c.Lookup(context.Background(), q)
 	b.ReportAllocs()
@@ -329,7 +325,7 @@ func BenchmarkLookupHit(b *testing.B) {
 
 func BenchmarkLookupMissCoalesced(b *testing.B) {
 	r := &fakeResolver{fn: byIP}
-	c, _ := New[string](r, instanceID, Options{TTL: time.Nanosecond, NegativeTTL: time.Nanosecond})
+	c := New[string](r, instanceID, Options{TTL: time.Nanosecond, NegativeTTL: time.Nanosecond})
 	q := query("10.0.0.5")
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
