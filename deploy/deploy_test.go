@@ -21,20 +21,29 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	// Types that appear in typed_config of the bootstraps checked here.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
+	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/resolve/demo"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xdscmd"
 )
@@ -299,11 +308,23 @@ func TestSystemdUnits(t *testing.T) {
 	}
 
 	t.Run("extproc", func(t *testing.T) {
-		if got := extproc.one(t, "Service", "RuntimeDirectory"); got != "metaproxy" {
-			t.Errorf("RuntimeDirectory=%s", got)
+		sock := parseUnit(t, "systemd/metaproxy-extproc.socket")
+		for key, want := range map[string]string{"SocketUser": "metaproxy", "SocketGroup": "metaproxy", "SocketMode": "0660",
+			"Service": "metaproxy-extproc.service"} {
+			if got := sock.one(t, "Socket", key); got != want {
+				t.Errorf("socket unit: %s=%s, want %s", key, got, want)
+			}
 		}
-		if got := extproc.one(t, "Service", "RuntimeDirectoryMode"); got != "0750" {
-			t.Errorf("RuntimeDirectoryMode=%s, want 0750", got)
+		if _, ok := sock["Socket"]["Accept"]; ok {
+			t.Error("socket unit: Accept= would start one extproc per connection")
+		}
+		for _, key := range []string{"Requires", "After"} {
+			if !slices.Contains(words(extproc.one(t, "Unit", key)), "metaproxy-extproc.socket") {
+				t.Errorf("%s= lacks metaproxy-extproc.socket", key)
+			}
+		}
+		if _, ok := extproc["Service"]["RuntimeDirectory"]; ok {
+			t.Error("RuntimeDirectory= would remove the socket unit's /run/metaproxy when extproc stops")
 		}
 		if got := extproc.one(t, "Service", "CapabilityBoundingSet"); got != "" {
 			t.Errorf("CapabilityBoundingSet=%s, want none", got)
@@ -320,11 +341,13 @@ func TestSystemdUnits(t *testing.T) {
 		if cfg != "/etc/metaproxy/extproc.yaml" {
 			t.Errorf("--config %q", cfg)
 		}
-		// The socket is where the RuntimeDirectory is and where cmd/xds sends Envoy.
+		// extproc takes the socket unit's socket, and it is where cmd/xds sends Envoy.
 		doc := yamlDocs(t, "systemd/etc-metaproxy/extproc.yaml")[0]
 		xdsArgs := words(xds.one(t, "Service", "ExecStart"))
-		if addr, _ := flagValue(xdsArgs, "extproc-address"); doc["listen"] != addr || addr != "unix:///run/metaproxy/extproc.sock" {
-			t.Errorf("extproc listens on %v, xds sends Envoy to %q, want both unix:///run/metaproxy/extproc.sock", doc["listen"], addr)
+		addr, _ := flagValue(xdsArgs, "extproc-address")
+		if doc["listen"] != "systemd" || "unix://"+sock.one(t, "Socket", "ListenStream") != addr || addr != "unix:///run/metaproxy/extproc.sock" {
+			t.Errorf("extproc listens on %v, the socket unit on %s, xds sends Envoy to %q; want systemd and unix:///run/metaproxy/extproc.sock twice",
+				doc["listen"], sock.one(t, "Socket", "ListenStream"), addr)
 		}
 		if _, ok := doc["secret_file"]; ok {
 			t.Errorf("extproc.yaml names a secret file: the secret is a systemd credential")
@@ -416,9 +439,11 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	}
 	dir := t.TempDir()
 	units, _ := filepath.Glob("systemd/*.service")
-	if len(units) != 3 {
-		t.Fatalf("units: %v", units)
+	sockets, _ := filepath.Glob("systemd/*.socket")
+	if len(units) != 3 || len(sockets) != 1 {
+		t.Fatalf("units: %v %v", units, sockets)
 	}
+	units = append(units, sockets...)
 	var paths []string
 	for _, u := range units {
 		raw, err := os.ReadFile(u)
@@ -486,6 +511,11 @@ func newLayout(t *testing.T) layout {
 	return l
 }
 
+// path maps one of the node's paths into l.
+func (l layout) path(p string) string {
+	return strings.NewReplacer("/etc/metaproxy", l.etc, "/run/metaproxy", l.run, "/var/run/netns", l.netns).Replace(p)
+}
+
 // expand turns one unit's ExecStart into argv the way systemd would on the node, with the node's
 // paths mapped into l: specifiers (%H, %d), ${VAR} inside a word, $VAR as separate words.
 func (l layout) expand(t *testing.T, line string, env map[string]string, bins map[string]string, repl map[string]string) []string {
@@ -539,50 +569,87 @@ func copyFile(t *testing.T, src, dst string, repl map[string]string) {
 
 // runUntilReady starts argv, waits until http://admin/readyz answers 200, then sends SIGTERM and
 // checks that the process exits 0.
-func runUntilReady(t *testing.T, argv []string, env map[string]string, admin string, whileReady func()) {
+func runUntilReady(t *testing.T, argv []string, env map[string]string, admin string, socket *os.File, whileReady func()) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	p := startActivated(t, argv, env, socket)
+	waitReady(t, p, admin)
+	if whileReady != nil {
+		whileReady()
+	}
+	p.stop(t)
+}
+
+// process is a started ExecStart line.
+type process struct {
+	argv   []string
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	exited chan error
+}
+
+// startActivated starts argv with env added to this environment. With a socket, it is passed as
+// systemd's socket activation does: descriptor 3, LISTEN_FDS=1 and LISTEN_PID the process's own
+// pid (set by a shell that then execs argv, keeping its pid).
+func startActivated(t *testing.T, argv []string, env map[string]string, socket *os.File) *process {
+	t.Helper()
+	args := argv
+	if socket != nil {
+		args = append([]string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`}, argv...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = os.Environ()
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if socket != nil {
+		cmd.Env = append(cmd.Env, "LISTEN_FDS=1")
+		cmd.ExtraFiles = []*os.File{socket}
+	}
+	p := &process{argv: argv, cmd: cmd, logs: &bytes.Buffer{}, exited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	ready := false
-	for !ready {
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return p
+}
+
+// waitReady polls the admin listener's /readyz until it answers 200 (60 s at most).
+func waitReady(t *testing.T, p *process, admin string) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
 		select {
-		case err := <-exited:
-			t.Fatalf("%v exited before it was ready: %v\n%s", argv, err, logs.String())
-		case <-ctx.Done():
-			t.Fatalf("%v not ready in time\n%s", argv, logs.String())
+		case err := <-p.exited:
+			t.Fatalf("%v exited before it was ready: %v\n%s", p.argv, err, p.logs.String())
+		case <-deadline:
+			t.Fatalf("%v not ready in time\n%s", p.argv, p.logs.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		resp, err := http.Get("http://" + admin + "/readyz")
 		if err == nil {
-			ready = resp.StatusCode == http.StatusOK
 			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
 		}
 	}
-	if whileReady != nil {
-		whileReady()
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+}
+
+// stop sends SIGTERM and wants exit status 0 within 30 s.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-exited:
+	case err := <-p.exited:
 		if err != nil {
-			t.Errorf("%v after SIGTERM: %v, want exit 0\n%s", argv, err, logs.String())
+			t.Errorf("%v after SIGTERM: %v, want exit 0\n%s", p.argv, err, p.logs.String())
 		}
-	case <-ctx.Done():
-		t.Fatalf("%v did not stop after SIGTERM\n%s", argv, logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%v did not stop after SIGTERM\n%s", p.argv, p.logs.String())
 	}
 }
 
@@ -599,14 +666,36 @@ func TestExecStart(t *testing.T) {
 }
 
 // execStartExtproc runs metaproxy-extproc.service's ExecStart line with the sample
-// /etc/metaproxy/extproc.yaml, the secret as a credential and the documented lab override
-// EXTPROC_OPTS=--ports-file (no Neutron here). Only the admin port is moved to a free one.
+// /etc/metaproxy/extproc.yaml, the secret as a credential, the documented lab override
+// EXTPROC_OPTS=--ports-file (no Neutron here) and the socket of metaproxy-extproc.socket passed as
+// systemd passes it. Only the admin port is moved to a free one.
 func execStartExtproc(t *testing.T, bins map[string]string) {
+	x := newExtprocUnit(t, bins)
+	runUntilReady(t, x.argv, x.env, x.admin, x.socket, func() {
+		// The gRPC port answers on the passed socket: a signed answer for a demo VM.
+		if err := x.decide(context.Background()); err != nil {
+			t.Errorf("ext_proc stream over %s: %v", x.sockPath, err)
+		}
+	})
+}
+
+// extprocUnit is metaproxy-extproc.service's ExecStart line, ready to run here, with the socket
+// metaproxy-extproc.socket describes, opened by the test as systemd would.
+type extprocUnit struct {
+	argv     []string
+	env      map[string]string
+	admin    string
+	sockPath string
+	socket   *os.File // the listening socket, passed as descriptor 3
+	client   extprocv3.ExternalProcessorClient
+}
+
+func newExtprocUnit(t *testing.T, bins map[string]string) *extprocUnit {
+	t.Helper()
 	u := parseUnit(t, "systemd/metaproxy-extproc.service")
 	l := newLayout(t)
-	admin := freePort(t)
-	copyFile(t, "systemd/etc-metaproxy/extproc.yaml", filepath.Join(l.etc, "extproc.yaml"),
-		map[string]string{"/run/metaproxy": l.run, "127.0.0.1:9102": admin})
+	x := &extprocUnit{admin: freePort(t)}
+	copyFile(t, "systemd/etc-metaproxy/extproc.yaml", filepath.Join(l.etc, "extproc.yaml"), map[string]string{"127.0.0.1:9102": x.admin})
 	copyFile(t, "../pkg/resolve/demo/ports.json", filepath.Join(l.etc, "ports.json"), nil)
 	copyFile(t, "systemd/etc-metaproxy/clouds.yaml.example", filepath.Join(l.creds, "clouds.yaml"), nil)
 	if err := os.WriteFile(filepath.Join(l.creds, "shared-secret"), []byte("unit-test-secret\n"), 0o400); err != nil {
@@ -618,28 +707,119 @@ func execStartExtproc(t *testing.T, bins map[string]string) {
 		t.Fatalf("extproc.env.example does not set EXTPROC_OPTS=--ports-file FILE: %v", lab)
 	}
 	env["EXTPROC_OPTS"] = strings.Join(lab, " ")
-	argv := l.expand(t, u.one(t, "Service", "ExecStart"), env, bins, nil)
-	procEnv := map[string]string{}
+	x.argv = l.expand(t, u.one(t, "Service", "ExecStart"), env, bins, nil)
+	x.env = map[string]string{}
 	for k, v := range env {
-		procEnv[k] = strings.ReplaceAll(v, "%d", l.creds)
+		x.env[k] = strings.ReplaceAll(v, "%d", l.creds)
 	}
-	sock := filepath.Join(l.run, "extproc.sock")
-	runUntilReady(t, argv, procEnv, admin, func() {
-		fi, err := os.Stat(sock)
-		if err != nil {
-			t.Fatalf("no socket: %v", err)
-		}
-		if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
-			t.Errorf("%s: mode %v, want a socket with 0660", sock, fi.Mode())
-		}
-		// The gRPC port answers: a UNIX connection is accepted.
-		c, err := net.Dial("unix", sock)
-		if err != nil {
-			t.Errorf("connect %s: %v", sock, err)
-		} else {
-			c.Close()
-		}
+
+	// The socket, as metaproxy-extproc.socket has systemd make it.
+	sock := parseUnit(t, "systemd/metaproxy-extproc.socket")
+	x.sockPath = l.path(sock.one(t, "Socket", "ListenStream"))
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: x.sockPath, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mode, _ := strconv.ParseUint(sock.one(t, "Socket", "SocketMode"), 8, 32)
+	if err := os.Chmod(x.sockPath, os.FileMode(mode)); err != nil {
+		t.Fatal(err)
+	}
+	x.socket, err = ln.File()
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // the File is a duplicate that keeps the socket listening, as systemd's does
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.socket.Close() })
+	conn, err := grpc.NewClient("unix://"+x.sockPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	x.client = extprocv3.NewExternalProcessorClient(conn)
+	return x
+}
+
+// decide runs one ext_proc stream as Envoy does for the demo VM 10.0.0.5 on network A and wants
+// the signed answer for its instance.
+func (x *extprocUnit) decide(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := x.client.Process(metadata.AppendToOutgoingContext(ctx, contract.NetworkIDMetadata, demo.NetworkA))
+	if err != nil {
+		return err
+	}
+	err = st.Send(&extprocv3.ProcessingRequest{
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{EndOfStream: true}},
+		Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
+			contract.SourceAddressAttribute: structpb.NewStringValue("10.0.0.5:40000")}}},
 	})
+	if err != nil {
+		return err
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	st.CloseSend()
+	for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+		if h.GetHeader().GetKey() == "x-instance-id" && string(h.GetHeader().GetRawValue()) == "11111111-0000-4000-8000-00000000a005" {
+			return nil
+		}
+	}
+	return fmt.Errorf("not the signed answer for the demo VM: %v", resp)
+}
+
+// TestExtprocSocketActivation restarts extproc on the socket systemd would hold, as
+// Restart=always with RestartSec=1s does, while ext_proc streams keep coming: none may fail, the
+// ones that arrive between the two processes wait in the socket's backlog.
+func TestExtprocSocketActivation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	x := newExtprocUnit(t, buildBinaries(t))
+	first := startActivated(t, x.argv, x.env, x.socket)
+	waitReady(t, first, x.admin)
+
+	var ok, failed atomic.Int64
+	var lastErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := x.decide(context.Background()); err != nil {
+					failed.Add(1)
+					lastErr.Store(err.Error())
+					time.Sleep(10 * time.Millisecond)
+				} else {
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	before := ok.Load()
+	first.stop(t)
+	time.Sleep(time.Second) // RestartSec=1s
+	second := startActivated(t, x.argv, x.env, x.socket)
+	waitReady(t, second, x.admin)
+	after := ok.Load()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	second.stop(t)
+	if failed.Load() > 0 {
+		t.Errorf("%d ext_proc streams failed across the restart (last: %v); %d succeeded", failed.Load(), lastErr.Load(), ok.Load())
+	}
+	if before == 0 || ok.Load() == after {
+		t.Errorf("streams answered: %d before the restart, %d in all, %d once the second process was ready; want some in each phase", before, ok.Load(), after)
+	}
 }
 
 func mustAddr(t *testing.T, s string) netip.Addr {
@@ -686,7 +866,7 @@ func execStartXDS(t *testing.T, bins map[string]string) {
 	for k, v := range env {
 		procEnv[k] = strings.ReplaceAll(v, "%d", l.creds)
 	}
-	runUntilReady(t, argv, procEnv, admin, func() {
+	runUntilReady(t, argv, procEnv, admin, nil, func() {
 		c, err := net.Dial("tcp", grpcAddr)
 		if err != nil {
 			t.Errorf("xDS port %s: %v", grpcAddr, err)

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -457,5 +459,33 @@ func TestResponseHeadersReachTheCheck(t *testing.T) {
 	}
 	if got := <-p.got; got != 403 {
 		t.Errorf("check saw status %d, want 403", got)
+	}
+}
+
+// TestListenSystemdRefusesWhatIsNotOurs: without sockets passed to this very process, the
+// systemd listen address fails with what to do, and never takes descriptor 3 blindly. (The
+// socket-activated start and restart are run for real in deploy/, TestExtprocSocketActivation.)
+func TestListenSystemdRefusesWhatIsNotOurs(t *testing.T) {
+	for name, tc := range map[string]struct{ pid, fds, want string }{
+		"nothing passed":       {"", "", "LISTEN_PID/LISTEN_FDS unset"},
+		"another process's":    {"1", "1", "not this one"},
+		"several sockets":      {strconv.Itoa(os.Getpid()), "2", "want exactly one"},
+		"only the count given": {"", "1", "LISTEN_PID/LISTEN_FDS unset"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("LISTEN_PID", tc.pid)
+			t.Setenv("LISTEN_FDS", tc.fds)
+			l, err := extproc.Listen(extproc.ListenSystemd)
+			if err == nil {
+				l.Close()
+				t.Fatal("listened without a socket from systemd")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+			if os.Getenv("LISTEN_FDS") != "" {
+				t.Error("LISTEN_FDS left for child processes")
+			}
+		})
 	}
 }

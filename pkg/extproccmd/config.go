@@ -62,7 +62,7 @@ func DefaultConfig() Config {
 
 // bindFlags declares every option on fs, bound to c.
 func bindFlags(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.Listen, "listen", c.Listen, "where Envoy reaches the ext_proc gRPC service: `unix:///path.sock` (made mode 0660) or HOST:PORT")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "where Envoy reaches the ext_proc gRPC service: `unix:///path.sock` (made mode 0660), HOST:PORT, or systemd (the socket of a .socket unit, kept across restarts)")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "HTTP `address` for /healthz, /readyz and /metrics (keep it on localhost or a management network); empty disables")
 	fs.StringVar(&c.MetadataAgentINI, "metadata-agent-ini", c.MetadataAgentINI, "an existing neutron metadata_agent.ini `file`: its metadata_proxy_shared_secret is used when no other secret is given")
 	fs.StringVar(&c.SecretFile, "secret-file", c.SecretFile, "`file` holding nova's metadata_proxy_shared_secret (overrides $"+SecretEnv+" and the ini file)")
