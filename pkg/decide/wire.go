@@ -16,7 +16,7 @@ import (
 
 // answer is what the cache keeps per (scope, VM address): the instance's ids and their signature,
 // compact (one string allocation and 32 bytes), not the message. With 100k VMs cached the message
-// itself would cost ~0.5 KB each; it is encoded at each send instead (writeTo), a few hundred ns.
+// itself would cost ~0.5 KB each; it is encoded at each send instead (encode), a few hundred ns.
 type answer struct {
 	// ids holds the instance id, project id, port id and, when it differs from the listener's
 	// scope (router mode), the port's network id, one after the other; ends marks where the first
