@@ -375,6 +375,8 @@ func TestMetadataPath(t *testing.T) {
 		ownMetadata(t, e.vms["b1"], e.curl(t, e.vms["b1"], "GET", "/openstack/latest/meta_data.json", nil, nil))
 	})
 
+	t.Run("5b_router_mode_through_neutron", func(t *testing.T) { routerMode(t, ctx, e) })
+
 	t.Run("6_outages_fail_closed", func(t *testing.T) {
 		a1 := e.vms["a1"]
 		fresh := e.addVM(ctx, "a3", "net-a", "10.0.0.8") // never asked before Neutron goes away
