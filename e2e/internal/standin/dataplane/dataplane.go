@@ -489,12 +489,21 @@ func start(spec *listenerSpec, h http.Handler, log *slog.Logger) (*runningListen
 	return rl, nil
 }
 
-// stop closes the sockets at once (new connections are refused) and drains open ones briefly.
+// drainTime is how long a stopped listener's open connections may still send their request.
+const drainTime = 2 * time.Second
+
+// stop closes the sockets at once (new connections go to another listener of the address, or are
+// refused) and drains the open connections as Envoy drains a removed listener: each one's request,
+// even one not read yet, is answered, with "Connection: close". Only after drainTime is the server
+// shut down. (http.Server.Shutdown alone would close without an answer the connections accepted
+// just before it whose request it had not read yet: a VM would see its request fail.)
 func (rl *runningListener) stop() {
+	rl.srv.SetKeepAlivesEnabled(false)
 	for _, ln := range rl.lns {
 		ln.Close()
 	}
 	go func() {
+		time.Sleep(drainTime)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := rl.srv.Shutdown(ctx); err != nil {

@@ -1,7 +1,13 @@
 package dataplane
 
 import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -74,5 +80,52 @@ func TestParseListenerReusePort(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStoppedListenerAnswersAcceptedConnections: a connection the listener accepted before it was
+// stopped (a removed listener, as Envoy drains it) still gets its request answered, with
+// "Connection: close", even when the request arrives after the stop.
+func TestStoppedListenerAnswersAcceptedConnections(t *testing.T) {
+	m := &hcmv3.HttpConnectionManager{
+		StatPrefix:     "metadata",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "metadata"}},
+		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}}},
+	}
+	spec, err := parseListener(&listenerv3.Listener{Name: "l", Address: socketAddress(0), FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+		Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, m)},
+	}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := start(spec, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", rl.lns[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Half a request: the server has accepted the connection and waits for the rest.
+	if _, err := io.WriteString(c, "GET /openstack HTTP/1.1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	rl.stop()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := io.WriteString(c, "Host: 169.254.169.254\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the accepted connection got no answer after the stop: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("answer %d, Connection: close %v; want 200 and close", resp.StatusCode, resp.Close)
+	}
+	if _, err := net.DialTimeout("tcp", rl.lns[0].Addr().String(), time.Second); err == nil {
+		t.Error("the stopped listener still accepts new connections")
 	}
 }
