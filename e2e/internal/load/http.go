@@ -10,13 +10,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/metaproxy/metaproxy/pkg/netns"
 )
 
 // HTTPOptions configures RunHTTP.
@@ -134,7 +133,7 @@ func NamespaceClient(ns string, timeout time.Duration, keepAlive bool) (*http.Cl
 		}
 		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
-			err := inNamespace(path, func() error {
+			err := netns.Do(path, func() error {
 				var err error
 				c, err = d.DialContext(ctx, network, addr)
 				return err
@@ -150,40 +149,6 @@ func NamespaceClient(ns string, timeout time.Duration, keepAlive bool) (*http.Cl
 		IdleConnTimeout:     time.Minute,
 	}
 	return &http.Client{Transport: tr, Timeout: timeout}, nil
-}
-
-// inNamespace runs fn on an OS thread switched into the namespace at path, then switches back; a
-// thread that cannot switch back stays locked so the runtime discards it.
-func inNamespace(path string, fn func() error) error {
-	target, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer self.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("return from namespace: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // ReadCounter sums the samples of metric (a counter, any labels) in the Prometheus text exposition

@@ -10,19 +10,17 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/netns"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
 var nsPattern = regexp.MustCompile(`^(qdhcp|qrouter)-([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$`)
 
 // Namespaces serves the qdhcp-<uuid> and qrouter-<uuid> namespaces found in a directory on this
-// host, all for one node. Each namespace is opened (github.com/vishvananda/netns) to check that it
-// is a live namespace and not a stale file; the interface that carries fe80::a9fe:a9fe, if any, is
+// host, all for one node. Each namespace is entered (pkg/netns) to check that it is a live
+// namespace and not a stale file; the interface that carries fe80::a9fe:a9fe, if any, is
 // looked up inside it so that the IPv6 listener can be bound there.
 type Namespaces struct {
 	dir     string
@@ -85,46 +83,16 @@ func (s *Namespaces) Networks(ctx context.Context) (Nodes, error) {
 	return Normalize(Nodes{s.nodeID: nets}), nil
 }
 
-// metadataInterface opens the namespace at path and returns the name of the interface that holds
-// fe80::a9fe:a9fe ("" when none does). The lookup runs on a dedicated, locked OS thread that is
-// switched into the namespace; if switching back fails the thread is left locked so that the Go
-// runtime discards it instead of reusing a thread in the wrong namespace.
+// metadataInterface returns the name of the interface of the namespace at path that holds
+// fe80::a9fe:a9fe ("" when none does).
 func metadataInterface(path string) (string, error) {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return "", fmt.Errorf("open namespace: %w", err)
-	}
-	defer target.Close()
-
-	type result struct {
-		iface string
-		err   error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("current namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("enter namespace: %w", err)}
-			return
-		}
-		iface, lookupErr := interfaceWith(netip.MustParseAddr(contract.MetadataIPv6))
-		if err := netns.Set(orig); err != nil {
-			done <- result{err: fmt.Errorf("leave namespace: %w", err)}
-			return // the thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		done <- result{iface: iface, err: lookupErr}
-	}()
-	r := <-done
-	return r.iface, r.err
+	var iface string
+	err := netns.Do(path, func() error {
+		var err error
+		iface, err = interfaceWith(netip.MustParseAddr(contract.MetadataIPv6))
+		return err
+	})
+	return iface, err
 }
 
 // interfaceWith returns the interface of the current namespace that has addr, or "".
