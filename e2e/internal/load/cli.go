@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/metaproxy/metaproxy/pkg/extproc"
 )
 
 const usage = `loadgen: metaproxy's benchmark load tool (loopback and your own namespaces only).
@@ -55,7 +57,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := parse(fs, rest, "listen"); err != nil {
 			return err
 		}
-		l, err := Listen(*listen)
+		l, err := extproc.Listen(*listen)
 		if err != nil {
 			return err
 		}
@@ -70,7 +72,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := parse(fs, rest); err != nil {
 			return err
 		}
-		l, err := Listen(*listen)
+		l, err := extproc.Listen(*listen)
 		if err != nil {
 			return err
 		}
@@ -86,7 +88,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		l, err := Listen(*listen)
+		l, err := extproc.Listen(*listen)
 		if err != nil {
 			return err
 		}

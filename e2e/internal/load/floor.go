@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -60,23 +59,6 @@ func (f *Floor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error 
 			return err
 		}
 	}
-}
-
-// Listen opens addr: unix:///path.sock (a stale socket is replaced) or HOST:PORT.
-func Listen(addr string) (net.Listener, error) {
-	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
-		_ = os.Remove(p)
-		l, err := net.Listen("unix", p)
-		if err != nil {
-			return nil, fmt.Errorf("listen %s: %w", addr, err)
-		}
-		return l, nil
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	return l, nil
 }
 
 // ServeFloor serves the floor on l until ctx is done.

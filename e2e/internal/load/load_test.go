@@ -30,7 +30,7 @@ import (
 func serveFloor(t *testing.T) string {
 	t.Helper()
 	addr := "unix://" + filepath.Join(t.TempDir(), "floor.sock")
-	l, err := Listen(addr)
+	l, err := extproc.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func (f slowFloor) Process(st extprocv3.ExternalProcessor_ProcessServer) error {
 // 2 ms. The bound comes from the server's sleeps, not from how fast this machine is.
 func TestOpenLoopCountsQueueing(t *testing.T) {
 	addr := "unix://" + filepath.Join(t.TempDir(), "slow.sock")
-	l, err := Listen(addr)
+	l, err := extproc.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
