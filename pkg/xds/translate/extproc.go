@@ -72,11 +72,7 @@ func ExtProcCluster(s Settings) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts, err := pack(&httpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-		}},
-	})
+	opts, err := http2Upstream()
 	if err != nil {
 		return nil, err
 	}
@@ -130,4 +126,14 @@ func socketAddress(host string, port uint32) *corev3.Address {
 
 func lbEndpoint(addr *corev3.Address) *endpointv3.LbEndpoint {
 	return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: addr}}}
+}
+
+// http2Upstream is the packed protocol options of a cluster spoken to in HTTP/2 (gRPC: cmd/extproc,
+// the OpenTelemetry collector).
+func http2Upstream() (*anypb.Any, error) {
+	return pack(&httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+		}},
+	})
 }
