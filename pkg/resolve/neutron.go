@@ -90,12 +90,9 @@ func NewNeutron(client *gophercloud.ServiceClient, opts NeutronOptions) *Neutron
 
 // Resolve finds the one port in q.Scope that owns q.Addr.
 func (n *Neutron) Resolve(ctx context.Context, q Query) (Instance, error) {
-	if err := validScope(q.Scope); err != nil {
-		return Instance{}, err
-	}
-	t, err := targetFor(q.Addr)
+	t, err := checkQuery(q)
 	if err != nil {
-		return Instance{}, fmt.Errorf("resolve %s on %s: %w", q.Addr, q.Scope, err)
+		return Instance{}, err
 	}
 	callCtx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
@@ -337,10 +334,15 @@ func pick(scope Scope, t target, cands []candidate) (Instance, error) {
 	}, nil
 }
 
-// validScope rejects a Scope no listener can have: a caller bug, not a lookup result.
-func validScope(s Scope) error {
-	if (s.Kind != KindNetwork && s.Kind != KindRouter) || strings.TrimSpace(s.ID) == "" {
-		return fmt.Errorf("resolve: invalid scope %q", s.String())
+// checkQuery rejects a Query no listener can make (a caller bug, not a lookup result) and returns
+// what a port must match. Shared by every Resolver in this package.
+func checkQuery(q Query) (target, error) {
+	if (q.Scope.Kind != KindNetwork && q.Scope.Kind != KindRouter) || strings.TrimSpace(q.Scope.ID) == "" {
+		return target{}, fmt.Errorf("resolve: invalid scope %q", q.Scope.String())
 	}
-	return nil
+	t, err := targetFor(q.Addr)
+	if err != nil {
+		return target{}, fmt.Errorf("resolve %s on %s: %w", q.Addr, q.Scope, err)
+	}
+	return t, nil
 }

@@ -89,12 +89,9 @@ func (p *PortsFile) Len() int {
 // Resolve finds the one port in q.Scope that owns q.Addr. It never returns ErrUnavailable: a
 // file that broke after start keeps serving its last good contents.
 func (p *PortsFile) Resolve(_ context.Context, q Query) (Instance, error) {
-	if err := validScope(q.Scope); err != nil {
-		return Instance{}, err
-	}
-	t, err := targetFor(q.Addr)
+	t, err := checkQuery(q)
 	if err != nil {
-		return Instance{}, fmt.Errorf("resolve %s on %s: %w", q.Addr, q.Scope, err)
+		return Instance{}, err
 	}
 	p.maybeReload()
 	idx := p.index.Load()
