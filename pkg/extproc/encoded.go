@@ -27,18 +27,9 @@ type Encoded struct{ head, tail []byte }
 // NewEncoded returns the message whose encoding is head followed by tail.
 func NewEncoded(head, tail []byte) *Encoded { return &Encoded{head: head, tail: tail} }
 
-// Encode encodes m (deterministically).
-func Encode(m *extprocv3.ProcessingResponse) (*Encoded, error) {
-	b, err := protobuf.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encode ext_proc response: %w", err)
-	}
-	return &Encoded{head: b}, nil
-}
-
 // Bytes returns the whole encoding in one new slice.
 func (e *Encoded) Bytes() []byte {
-	b := make([]byte, 0, e.Len())
+	b := make([]byte, 0, len(e.head)+len(e.tail))
 	return append(append(b, e.head...), e.tail...)
 }
 
@@ -50,9 +41,6 @@ func (e *Encoded) Decode() (*extprocv3.ProcessingResponse, error) {
 	}
 	return m, nil
 }
-
-// Len is the encoded size in bytes.
-func (e *Encoded) Len() int { return len(e.head) + len(e.tail) }
 
 // WithModeOverride returns e with mode_override set to mode, appended to a copy of the tail rather
 // than re-encoding the message.
