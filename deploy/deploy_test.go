@@ -458,9 +458,26 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 		paths = append(paths, p)
 	}
 	out, err := exec.Command(sa, append([]string{"verify"}, paths...)...).CombinedOutput()
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	if complaints := aboutUnits(out, dir, units); err != nil || len(complaints) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, strings.Join(complaints, "\n"))
 	}
+}
+
+// aboutUnits returns the lines of systemd-analyze's output that concern the units under test: it
+// also loads the host's units their dependencies name, and complains about those (e.g. Debian's
+// keystone.service ordering itself After=keystone.service), which is not ours to fix.
+func aboutUnits(out []byte, dir string, units []string) []string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		ours := strings.Contains(l, dir)
+		for _, u := range units {
+			ours = ours || strings.HasPrefix(l, filepath.Base(u)+":")
+		}
+		if ours || (l != "" && !strings.Contains(l, ".service:") && !strings.Contains(l, ".socket:")) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 // ---------------------------------------------------------------------------------------------
