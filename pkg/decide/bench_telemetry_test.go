@@ -10,8 +10,8 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
 )
@@ -22,7 +22,7 @@ import (
 func benchDecide(b *testing.B, opts ...Option) {
 	b.Helper()
 	s, _ := sign.New([]byte("s3cr3t"))
-	d, err := New(oneVM{}, s, portcache.Options{}, slog.New(slog.DiscardHandler), opts...)
+	d, err := New(oneVM{}, s, answercache.Options{}, slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -23,8 +23,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/request"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -52,7 +52,7 @@ var RemovedHeaders = []string{
 type Decision struct {
 	Query    resolve.Query
 	Instance resolve.Instance // zero unless Status is 200
-	Outcome  portcache.Outcome
+	Outcome  answercache.Outcome
 	Status   int   // 200 when the request goes on to nova signed; else the status answered
 	Err      error // why, when Status is not 200
 	// TraceID is the trace the request belongs to: the decision span's when tracing, else (for
@@ -64,7 +64,7 @@ type Decision struct {
 
 // Decider answers request_headers messages. It is safe for concurrent use.
 type Decider struct {
-	cache  *portcache.Cache[answer]
+	cache  *answercache.Cache[answer]
 	signer *sign.Signer
 	log    *slog.Logger
 	limit  *logLimiter
@@ -80,7 +80,7 @@ type Decider struct {
 
 // New returns a Decider that resolves through r (cached with opt), signs with s and logs every
 // request that is not forwarded to nova on log (rate-limited). Options add tracing and metrics.
-func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Logger, opts ...Option) (*Decider, error) {
+func New(r resolve.Resolver, s *sign.Signer, opt answercache.Options, log *slog.Logger, opts ...Option) (*Decider, error) {
 	d := &Decider{signer: s, log: log, prop: propagation.TraceContext{}, logLimit: DefaultLogLimit()}
 	for _, o := range opts {
 		o(d)
@@ -89,7 +89,7 @@ func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Lo
 	if d.metricsProvider != nil {
 		size := opt.Size
 		if size <= 0 {
-			size = portcache.DefaultSize
+			size = answercache.DefaultSize
 		}
 		m, err := newMetrics(d.metricsProvider, d.source, func() int { return d.CacheLen() }, size)
 		if err != nil {
@@ -105,7 +105,7 @@ func New(r resolve.Resolver, s *sign.Signer, opt portcache.Options, log *slog.Lo
 			}
 		}
 	}
-	d.cache = portcache.New(r, d.build, opt)
+	d.cache = answercache.New(r, d.build, opt)
 	return d, nil
 }
 
@@ -126,7 +126,7 @@ func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extpr
 	case dec.Status != http.StatusOK:
 		d.logNotForwarded(ctx, &dec)
 		return a, nil
-	case dec.Outcome != portcache.Miss:
+	case dec.Outcome != answercache.Miss:
 		return a, nil
 	}
 	wire, err := a.Wire.WithModeOverride(seeNovaResponse)
@@ -242,7 +242,7 @@ func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.
 	}
 	var (
 		a       answer
-		outcome portcache.Outcome
+		outcome answercache.Outcome
 	)
 	if d.tracer != nil {
 		a, outcome, err = d.tracedLookup(ctx, q)

@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -36,7 +36,7 @@ func (oneVM) Resolve(_ context.Context, q resolve.Query) (resolve.Instance, erro
 func newDecider(tb testing.TB) *Decider {
 	tb.Helper()
 	s, _ := sign.New([]byte("s3cr3t"))
-	d, err := New(oneVM{}, s, portcache.Options{}, slog.New(slog.DiscardHandler))
+	d, err := New(oneVM{}, s, answercache.Options{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestDecisionRecordsOutcome(t *testing.T) {
 	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
 	_, first := d.Decide(context.Background(), md, req("10.0.0.5:1"))
 	_, second := d.Decide(context.Background(), md, req("10.0.0.5:2"))
-	if first.Status != http.StatusOK || first.Outcome != portcache.Miss || second.Outcome != portcache.Hit {
+	if first.Status != http.StatusOK || first.Outcome != answercache.Miss || second.Outcome != answercache.Hit {
 		t.Fatalf("decisions %+v then %+v", first, second)
 	}
 	if second.Instance.InstanceID == "" || d.CacheLen() != 1 {
@@ -88,7 +88,7 @@ func BenchmarkDecideHit(b *testing.B) {
 func TestMissAsksForNovaVerdict(t *testing.T) {
 	var logs bytes.Buffer
 	s, _ := sign.New([]byte("s3cr3t"))
-	d, err := New(oneVM{}, s, portcache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	d, err := New(oneVM{}, s, answercache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func BenchmarkMemoryPerCachedVM(b *testing.B) {
 	for b.Loop() {
 		s, _ := sign.New([]byte("s3cr3t"))
 		base := heap()
-		d, err := New(freshVMs{}, s, portcache.Options{Size: vms}, slog.New(slog.DiscardHandler))
+		d, err := New(freshVMs{}, s, answercache.Options{Size: vms}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -11,8 +11,8 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
 
@@ -58,7 +58,7 @@ func TestOneVMCannotFloodTheLog(t *testing.T) {
 	var logs bytes.Buffer
 	clock := &fakeClock{t: time.Unix(1000, 0)}
 	s, _ := sign.New([]byte("s3cr3t"))
-	d, err := New(oneVM{}, s, portcache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)),
+	d, err := New(oneVM{}, s, answercache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)),
 		WithLogLimit(LogLimit{PerKeyBurst: 3, PerKeyEvery: time.Minute, Now: clock.now}))
 	if err != nil {
 		t.Fatal(err)

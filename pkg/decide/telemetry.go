@@ -18,7 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/metaproxy/metaproxy/pkg/portcache"
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
@@ -125,7 +125,7 @@ func WithLogLimit(l LogLimit) Option {
 
 // outcomes and statuses index the precomputed attribute sets of the hot path.
 var (
-	outcomeNames = [...]string{"none", portcache.Hit.String(), portcache.Miss.String(), portcache.Coalesced.String(), portcache.Stale.String()}
+	outcomeNames = [...]string{"none", answercache.Hit.String(), answercache.Miss.String(), answercache.Coalesced.String(), answercache.Stale.String()}
 	statusCodes  = [...]int{http.StatusOK, http.StatusBadRequest, http.StatusNotFound, http.StatusInternalServerError,
 		http.StatusServiceUnavailable, http.StatusGatewayTimeout}
 )
@@ -342,7 +342,7 @@ func appendQueryAttrs(attrs []attribute.KeyValue, q resolve.Query) []attribute.K
 }
 
 // tracedLookup asks the cache inside a lookup span.
-func (d *Decider) tracedLookup(ctx context.Context, q resolve.Query) (answer, portcache.Outcome, error) {
+func (d *Decider) tracedLookup(ctx context.Context, q resolve.Query) (answer, answercache.Outcome, error) {
 	ctx, span := d.tracer.Start(ctx, SpanCacheLookup, trace.WithAttributes(appendQueryAttrs(nil, q)...))
 	a, outcome, err := d.cache.Lookup(ctx, q)
 	span.SetAttributes(AttrCacheOutcome.String(outcome.String()))

@@ -23,10 +23,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/osclient"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
@@ -106,7 +106,7 @@ func newTraced(t *testing.T, neutron *fakeNeutron) *traced {
 		t.Fatal(err)
 	}
 	logs := &bytes.Buffer{}
-	d, err := decide.New(resolve.NewNeutron(client, resolve.NeutronOptions{}), s, portcache.Options{}, slog.New(slog.NewTextHandler(logs, nil)),
+	d, err := decide.New(resolve.NewNeutron(client, resolve.NeutronOptions{}), s, answercache.Options{}, slog.New(slog.NewTextHandler(logs, nil)),
 		decide.WithTracing(tp, prop))
 	if err != nil {
 		t.Fatal(err)
@@ -414,7 +414,7 @@ func TestNotForwardedLogNamesTheTrace(t *testing.T) {
 
 	var logs bytes.Buffer
 	s, _ := sign.New([]byte(tSecret))
-	d, err := decide.New(notFound{}, s, portcache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	d, err := decide.New(notFound{}, s, answercache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,10 +22,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -71,7 +71,7 @@ func start(t *testing.T) (*grpc.ClientConn, *ports, func(bool)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := decide.New(p, s, portcache.Options{}, slog.New(slog.DiscardHandler))
+	d, err := decide.New(p, s, answercache.Options{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

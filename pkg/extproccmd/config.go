@@ -37,7 +37,7 @@ type Config struct {
 	LogLevel  string `yaml:"log_level"`
 }
 
-// CacheConfig tunes the port cache.
+// CacheConfig tunes the answer cache (pkg/answercache).
 type CacheConfig struct {
 	TTL         time.Duration `yaml:"ttl"`
 	NegativeTTL time.Duration `yaml:"negative_ttl"`

@@ -13,9 +13,9 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/metaproxy/metaproxy/pkg/agentini"
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/osclient"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/resolve/demo"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -115,7 +115,7 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool, te
 			return nil, fmt.Errorf("readiness metrics: %w", err)
 		}
 	}
-	w.decider, err = decide.New(r, signer, portcache.Options{
+	w.decider, err = decide.New(r, signer, answercache.Options{
 		TTL: cfg.Cache.TTL, NegativeTTL: cfg.Cache.NegativeTTL, StaleWindow: staleOrOff(cfg.Cache.StaleWindow), Size: cfg.Cache.Size,
 	}, log, opts...)
 	if err != nil {
@@ -146,7 +146,7 @@ func (rr readinessResolver) Resolve(ctx context.Context, q resolve.Query) (resol
 	return inst, err
 }
 
-// staleOrOff maps the configuration's 0 ("disabled") to portcache's negative ("disabled").
+// staleOrOff maps the configuration's 0 ("disabled") to answercache's negative ("disabled").
 func staleOrOff(d time.Duration) time.Duration {
 	if d == 0 {
 		return -1

@@ -19,10 +19,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
-	"github.com/metaproxy/metaproxy/pkg/portcache"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -62,7 +62,7 @@ func newDecider(t testing.TB, ports, networks int) (*decide.Decider, []Target) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := decide.New(r, s, portcache.Options{}, slog.New(slog.DiscardHandler))
+	d, err := decide.New(r, s, answercache.Options{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,13 @@
-// Package portcache puts a bounded, TTL'd, coalescing cache in front of a resolve.Resolver, so that
-// a cloud-init burst (N VMs each fetching M paths) costs Neutron at most N lookups per TTL.
+// Package answercache caches answers, not ports: in front of a resolve.Resolver it keeps, per
+// (network or router, VM address), a value derived from the resolved port once per fill (for
+// cmd/extproc: the instance's ids and their signature, see pkg/decide), so that the hot path neither
+// resolves nor signs, and a cloud-init burst (N VMs each fetching M paths) costs Neutron at most N
+// lookups per TTL. It is bounded (LRU), TTL'd and coalescing (one resolver call per key at a time).
 //
-// It caches a value derived from each answer (the ready-to-send signed header mutation, say), so the
-// hot path neither resolves nor signs. Answers are kept for TTL (positive) or NegativeTTL (no such
-// port, several ports). When the source is unavailable, an answer younger than TTL+StaleWindow is
-// served instead of an error, and the source is not asked again for RetryAfterFailure.
-package portcache
+// Answers are kept for TTL (positive) or NegativeTTL (no such port, several ports). When the source
+// is unavailable, an answer younger than TTL+StaleWindow is served instead of an error, and the
+// source is not asked again for RetryAfterFailure.
+package answercache
 
 import (
 	"context"

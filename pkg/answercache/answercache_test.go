@@ -1,4 +1,4 @@
-package portcache
+package answercache
 
 import (
 	"context"
