@@ -1,4 +1,4 @@
-// Package extproccmd is cmd/extproc: configuration, wiring and lifecycle of the ext_proc service
+// Package extproccmd is cmd/extproc: configuration, assembly and lifecycle of the ext_proc service
 // (gRPC ExternalProcessor + health on one listener, /healthz and /readyz on an admin listener), and
 // the `extproc resolve` subcommand operators use to see what a VM would be signed as.
 package extproccmd
@@ -79,14 +79,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer tel.Close(ctx, log) // flush the last spans
-	w, err := wire(ctx, cfg, log, true, tel)
+	w, err := assemble(ctx, cfg, log, true, tel)
 	if err != nil {
 		return err
 	}
 	return serve(ctx, cfg, w, tel, log)
 }
 
-func serve(ctx context.Context, cfg Config, w *wiring, tel *telemetry.Telemetry, log *slog.Logger) error {
+func serve(ctx context.Context, cfg Config, w *service, tel *telemetry.Telemetry, log *slog.Logger) error {
 	l, err := extproc.Listen(cfg.Listen)
 	if err != nil {
 		return err

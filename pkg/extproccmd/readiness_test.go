@@ -20,7 +20,7 @@ func (s *scripted) Resolve(context.Context, resolve.Query) (resolve.Instance, er
 // TestReadinessFollowsLookups: lookups count as the port source answering (even "no such port"),
 // and failing lookups make the service not ready once the last answer is older than the cache covers.
 func TestReadinessFollowsLookups(t *testing.T) {
-	r := &readiness{probe: func(context.Context) error { return errors.New("unused") }, staleWindow: time.Minute}
+	r := &readiness{probe: func(context.Context) error { return errors.New("unused") }, cacheCover: time.Minute}
 	src := &scripted{}
 	rr := readinessResolver{r: src, ready: r}
 	q := resolve.Query{Scope: resolve.Scope{Kind: resolve.KindNetwork, ID: "n"}, Addr: netip.MustParseAddr("10.0.0.5")}
