@@ -1,6 +1,7 @@
 // Package contract holds the names shared by the control plane (cmd/xds), which writes them into
 // every listener's ext_proc filter, and the ext_proc service (cmd/extproc), which reads them on every
-// stream. Both sides import these constants so that they cannot drift apart.
+// stream, and the one rule both apply to network and router ids (ValidID). Both sides import them so
+// that they cannot drift apart.
 package contract
 
 const (

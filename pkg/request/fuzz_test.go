@@ -42,7 +42,7 @@ func FuzzDecodeRequest(f *testing.F) {
 				}
 				continue
 			}
-			if !q.Addr.IsValid() || q.Addr.Zone() != "" || q.Addr.Is4In6() || !validID(q.Scope.ID) {
+			if !q.Addr.IsValid() || q.Addr.Zone() != "" || q.Addr.Is4In6() || !contract.ValidID(q.Scope.ID) {
 				t.Fatalf("accepted a bad query %+v", q)
 			}
 		}

@@ -70,25 +70,10 @@ func Scope(md metadata.MD) (resolve.Scope, error) {
 	} else {
 		s.Kind, s.ID = resolve.KindRouter, routers[0]
 	}
-	if !validID(s.ID) {
-		return resolve.Scope{}, badRequest("%s id %q is not a Neutron id", s.Kind, s.ID)
+	if !contract.ValidID(s.ID) {
+		return resolve.Scope{}, badRequest("%s id %q is not a Neutron id", s.Kind, truncate(s.ID, 2*contract.MaxIDLen))
 	}
 	return s, nil
-}
-
-// validID accepts what Neutron ids look like (UUIDs, with or without dashes) and nothing that could
-// change the meaning of a Neutron API query.
-func validID(id string) bool {
-	if len(id) == 0 || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // SourceAddr reads the VM address from the request attribute source.address ("ip:port", IPv6 as
@@ -109,7 +94,7 @@ func SourceAddr(req *extprocv3.ProcessingRequest) (netip.Addr, error) {
 	} else if a, err = netip.ParseAddr(raw); err != nil {
 		return netip.Addr{}, misconfigured("source address %q is not ip:port", truncate(raw, 64))
 	}
-	a = a.Unmap().WithZone("")
+	a = resolve.NormalizeAddr(a)
 	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
 		return netip.Addr{}, misconfigured("source address %s cannot be a VM", a)
 	}

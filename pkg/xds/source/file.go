@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/metaproxy/metaproxy/pkg/contract"
 )
 
 // fileDoc is the networks file: YAML or JSON (JSON is YAML).
@@ -105,7 +107,7 @@ func ParseNetworks(raw []byte, netnsDir string) (Nodes, error) {
 				errs = append(errs, fmt.Errorf("node %s entry %d: %w", node, i, err))
 				continue
 			}
-			if !ValidID(n.ID) {
+			if !contract.ValidID(n.ID) {
 				errs = append(errs, fmt.Errorf("node %s entry %d: id %q is not a valid Neutron id", node, i, n.ID))
 				continue
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/layer3/routers"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/subnets"
 
+	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
@@ -92,7 +93,7 @@ func (n *Neutron) Networks(ctx context.Context) (Nodes, error) {
 }
 
 func (n *Neutron) add(nodes Nodes, node string, kind resolve.Kind, id string) {
-	if !ValidID(id) {
+	if !contract.ValidID(id) {
 		return
 	}
 	nodes[node] = append(nodes[node], Network{Kind: kind, ID: id, NamespacePath: NamespacePath(n.opts.NetnsDir, kind, id)})

@@ -68,12 +68,6 @@ func ParseKind(s string) (resolve.Kind, error) {
 	}
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
-// ValidID reports whether id can be used in resource names, stat prefixes and namespace names.
-// Neutron ids are UUIDs; anything with '/', spaces or control characters is refused.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
-
 var ifacePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 
 // ValidInterface reports whether name can be a Linux interface name (at most 15 bytes, no '/',

@@ -30,7 +30,7 @@ func ListenerName(kind resolve.Kind, id string, v int) string {
 
 // listeners returns the IPv4 listener of n and, when n.Interface is known, the IPv6 one.
 func (sh *Shared) listeners(n source.Network) ([]*listenerv3.Listener, error) {
-	if !source.ValidID(n.ID) {
+	if !contract.ValidID(n.ID) {
 		return nil, fmt.Errorf("invalid id %q", n.ID)
 	}
 	if n.NamespacePath == "" {
