@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/metaproxy/metaproxy/pkg/answercache"
-	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/request"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -59,7 +59,7 @@ type Decision struct {
 	// decisions that are not 200 only) the one Envoy propagated, if any. Zero when unknown.
 	TraceID trace.TraceID
 
-	wire *extproc.Encoded // the signed answer, when Status is 200
+	wire *protoframe.Encoded // the signed answer, when Status is 200
 }
 
 // Decider answers request_headers messages. It is safe for concurrent use.
@@ -120,7 +120,7 @@ func (d *Decider) CacheLen() int { return d.cache.Len() }
 // the listener allows it) to send nova's response headers on the same stream, and the returned
 // check is to be called with nova's status: a signature nova refuses is then logged and counted at
 // once, not only seen as 403s by VMs. Every other request stays one round trip; check is nil then.
-func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (extproc.Answer, func(context.Context, int)) {
+func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (protoframe.Answer, func(context.Context, int)) {
 	a, dec := d.answer(ctx, md, req)
 	switch {
 	case dec.Status != http.StatusOK:
@@ -133,7 +133,7 @@ func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extpr
 	if err != nil {
 		return a, nil // nova's verdict is only observed, the signed request goes on regardless
 	}
-	return extproc.Answer{Wire: wire}, d.verdictCheck(dec)
+	return protoframe.Answer{Wire: wire}, d.verdictCheck(dec)
 }
 
 // verdictCheck returns the check of nova's answer to dec. Kept apart so that only a miss pays for
@@ -201,7 +201,7 @@ func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 }
 
 // answer decides, with telemetry around it.
-func (d *Decider) answer(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (extproc.Answer, Decision) {
+func (d *Decider) answer(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (protoframe.Answer, Decision) {
 	var start time.Time
 	if d.metrics != nil {
 		start = time.Now()
@@ -225,12 +225,12 @@ func (d *Decider) answer(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 	return resp, dec
 }
 
-func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (extproc.Answer, Decision) {
+func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (protoframe.Answer, Decision) {
 	resp, dec := d.decideMsg(ctx, md, req)
 	if dec.wire != nil {
-		return extproc.Answer{Wire: dec.wire}, dec
+		return protoframe.Answer{Wire: dec.wire}, dec
 	}
-	return extproc.Answer{Msg: resp}, dec
+	return protoframe.Answer{Msg: resp}, dec
 }
 
 func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {

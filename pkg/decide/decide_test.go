@@ -19,7 +19,7 @@ import (
 
 	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/contract"
-	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -115,7 +115,7 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 	}
 }
 
-func decoded(t *testing.T, a extproc.Answer) *extprocv3.ProcessingResponse {
+func decoded(t *testing.T, a protoframe.Answer) *extprocv3.ProcessingResponse {
 	t.Helper()
 	if a.Wire == nil {
 		t.Fatalf("answer %v is not encoded", a.Msg)

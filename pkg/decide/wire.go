@@ -9,7 +9,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -67,7 +67,7 @@ func (a answer) instance(scope resolve.Scope) resolve.Instance {
 // the VM must not control, then set the instance's identity with raw_value only (DESIGN.md
 // section 3). The head (message framing and the four set_headers) is made here; the tail (the
 // remove_headers list) is the same for every answer and shared.
-func (a answer) encode(addr netip.Addr) *extproc.Encoded {
+func (a answer) encode(addr netip.Addr) *protoframe.Encoded {
 	var xffBuf [64]byte
 	xff := addr.AppendTo(xffBuf[:0])
 	var signature [2 * sign.Size]byte
@@ -92,7 +92,7 @@ func (a answer) encode(addr netip.Addr) *extproc.Encoded {
 	b = appendSetHeader(b, HeaderTenantID, project)
 	b = appendSetHeader(b, HeaderSignature, signature[:])
 	b = appendSetHeader(b, HeaderXFF, xff)
-	return extproc.NewEncoded(b, removedTail)
+	return protoframe.NewEncoded(b, removedTail)
 }
 
 // headerValueSize is the size of a HeaderValue{key, raw_value} with a value of n bytes (an empty
@@ -141,15 +141,15 @@ const overwrite = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 var field = struct {
 	requestHeaders, response, mutation, setHeaders, removeHeaders, header, appendAction, key, rawValue protowire.Number
 }{
-	requestHeaders: extproc.FieldNumber(&extprocv3.ProcessingResponse{}, "request_headers"),
-	response:       extproc.FieldNumber(&extprocv3.HeadersResponse{}, "response"),
-	mutation:       extproc.FieldNumber(&extprocv3.CommonResponse{}, "header_mutation"),
-	setHeaders:     extproc.FieldNumber(&extprocv3.HeaderMutation{}, "set_headers"),
-	removeHeaders:  extproc.FieldNumber(&extprocv3.HeaderMutation{}, "remove_headers"),
-	header:         extproc.FieldNumber(&corev3.HeaderValueOption{}, "header"),
-	appendAction:   extproc.FieldNumber(&corev3.HeaderValueOption{}, "append_action"),
-	key:            extproc.FieldNumber(&corev3.HeaderValue{}, "key"),
-	rawValue:       extproc.FieldNumber(&corev3.HeaderValue{}, "raw_value"),
+	requestHeaders: protoframe.FieldNumber(&extprocv3.ProcessingResponse{}, "request_headers"),
+	response:       protoframe.FieldNumber(&extprocv3.HeadersResponse{}, "response"),
+	mutation:       protoframe.FieldNumber(&extprocv3.CommonResponse{}, "header_mutation"),
+	setHeaders:     protoframe.FieldNumber(&extprocv3.HeaderMutation{}, "set_headers"),
+	removeHeaders:  protoframe.FieldNumber(&extprocv3.HeaderMutation{}, "remove_headers"),
+	header:         protoframe.FieldNumber(&corev3.HeaderValueOption{}, "header"),
+	appendAction:   protoframe.FieldNumber(&corev3.HeaderValueOption{}, "append_action"),
+	key:            protoframe.FieldNumber(&corev3.HeaderValue{}, "key"),
+	rawValue:       protoframe.FieldNumber(&corev3.HeaderValue{}, "raw_value"),
 }
 
 // removedTail is the remove_headers part of every signed answer's HeaderMutation (RemovedHeaders,

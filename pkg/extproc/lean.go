@@ -1,30 +1,17 @@
 package extproc
 
 import (
-	"fmt"
 	"slices"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/protoframe"
 )
-
-// FieldNumber returns the number of m's field called name, read from the generated descriptor so
-// that hand-written encoders and decoders cannot drift from the .proto files. It panics on a name
-// m does not have: a programming error, caught by any test that touches the caller.
-func FieldNumber(m proto.Message, name string) protowire.Number {
-	fd := m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(name))
-	if fd == nil {
-		panic(fmt.Sprintf("%s has no field %s", m.ProtoReflect().Descriptor().FullName(), name))
-	}
-	return fd.Number()
-}
 
 // leanDecoder decodes the one message cmd/extproc gets for nearly every stream, request_headers,
 // keeping only what the decision reads: the source.address request attribute and the request
@@ -43,26 +30,26 @@ var lean = struct {
 	headerMapHeaders, key, value, rawValue              protowire.Number
 	entryKey, entryValue, structFields, valueStringKind protowire.Number
 }{
-	requestHeaders: FieldNumber(&extprocv3.ProcessingRequest{}, "request_headers"),
-	attributes:     FieldNumber(&extprocv3.ProcessingRequest{}, "attributes"),
+	requestHeaders: protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "request_headers"),
+	attributes:     protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "attributes"),
 	otherPhases: [5]protowire.Number{
-		FieldNumber(&extprocv3.ProcessingRequest{}, "response_headers"),
-		FieldNumber(&extprocv3.ProcessingRequest{}, "request_body"),
-		FieldNumber(&extprocv3.ProcessingRequest{}, "response_body"),
-		FieldNumber(&extprocv3.ProcessingRequest{}, "request_trailers"),
-		FieldNumber(&extprocv3.ProcessingRequest{}, "response_trailers"),
+		protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "response_headers"),
+		protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "request_body"),
+		protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "response_body"),
+		protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "request_trailers"),
+		protoframe.FieldNumber(&extprocv3.ProcessingRequest{}, "response_trailers"),
 	},
-	httpHeaders:      FieldNumber(&extprocv3.HttpHeaders{}, "headers"),
-	endOfStream:      FieldNumber(&extprocv3.HttpHeaders{}, "end_of_stream"),
-	headerMapHeaders: FieldNumber(&corev3.HeaderMap{}, "headers"),
-	key:              FieldNumber(&corev3.HeaderValue{}, "key"),
-	value:            FieldNumber(&corev3.HeaderValue{}, "value"),
-	rawValue:         FieldNumber(&corev3.HeaderValue{}, "raw_value"),
+	httpHeaders:      protoframe.FieldNumber(&extprocv3.HttpHeaders{}, "headers"),
+	endOfStream:      protoframe.FieldNumber(&extprocv3.HttpHeaders{}, "end_of_stream"),
+	headerMapHeaders: protoframe.FieldNumber(&corev3.HeaderMap{}, "headers"),
+	key:              protoframe.FieldNumber(&corev3.HeaderValue{}, "key"),
+	value:            protoframe.FieldNumber(&corev3.HeaderValue{}, "value"),
+	rawValue:         protoframe.FieldNumber(&corev3.HeaderValue{}, "raw_value"),
 	// Map entries are messages {key = 1; value = 2} by the protobuf specification.
 	entryKey:        1,
 	entryValue:      2,
-	structFields:    FieldNumber(&structpb.Struct{}, "fields"),
-	valueStringKind: FieldNumber(&structpb.Value{}, "string_value"),
+	structFields:    protoframe.FieldNumber(&structpb.Struct{}, "fields"),
+	valueStringKind: protoframe.FieldNumber(&structpb.Value{}, "string_value"),
 }
 
 // decode fills m from b and returns true, or returns false (m untouched) when b is not a plain

@@ -23,13 +23,15 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/metaproxy/metaproxy/pkg/protoframe"
 )
 
 // Processor answers the request_headers message of one stream. md is the stream's initial metadata.
 // When the answer asks Envoy for the upstream's response headers (mode_override), check is called
 // with the upstream's status once they arrive on the stream; it is nil otherwise.
 type Processor interface {
-	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (a Answer, check func(ctx context.Context, status int))
+	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (a protoframe.Answer, check func(ctx context.Context, status int))
 }
 
 // Server implements ExternalProcessor over a Processor.
@@ -126,7 +128,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		var resp *extprocv3.ProcessingResponse
 		switch req.GetRequest().(type) {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
-			var a Answer
+			var a protoframe.Answer
 			a, check = s.proc.RequestHeaders(ctx, md, req)
 			if a.Wire != nil {
 				if err := stream.SendMsg(a.Wire); err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -422,8 +423,8 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 // verdictProcessor answers with a fixed response and a check that records nova's status.
 type verdictProcessor struct{ got chan int }
 
-func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (extproc.Answer, func(context.Context, int)) {
-	return extproc.Answer{Msg: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}},
+func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (protoframe.Answer, func(context.Context, int)) {
+	return protoframe.Answer{Msg: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}},
 		func(_ context.Context, status int) { v.got <- status }
 }
 
