@@ -45,8 +45,11 @@ name by default). xds maps networks to node ids as follows:
   --source netns                          the qdhcp-/qrouter- namespaces under --netns-dir of this
                                           host, on --node-id.
   --source file                           the node ids are the keys of --networks-file.
-An Envoy whose node id has no networks gets the clusters only. Networks added or removed reach the
-Envoys within --poll-interval; if the source fails, the last good configuration stays.
+An Envoy whose node id has no networks gets the clusters only; one whose node id the source does
+not know, or that connects before the first successful poll, gets nothing and keeps what it runs.
+Networks added or removed reach the Envoys within --poll-interval; if the source fails, the last
+good configuration stays. A listener an Envoy rejects is pushed again after 1 s, 2 s, ... 30 s.
+Envoys older than 1.36.0 are refused.
 
 Settings: nova's address and TLS, [metadata_rate_limiting] and [metadata_haproxy] timeouts are read
 from neutron's metadata_agent.ini (--metadata-agent-ini, neutron's defaults without it); --nova-*
@@ -163,13 +166,8 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	defer cancel()
 
 	snaps := serve.NewSnapshots(log)
-	cb := serve.NewCallbacks(log)
+	cb := serve.NewCallbacks(log, snaps)
 	poller := &serve.Poller{Source: src, Shared: shared, Snapshots: snaps, Interval: cfg.PollInterval, Log: log}
-	cb.OnNodeConnected = func(node string) {
-		if err := snaps.EnsureNode(ctx, shared, node); err != nil {
-			log.Error("snapshot for a node the source does not know", "node", node, "error", err)
-		}
-	}
 	if tel.Tracing {
 		poller.Tracer = tel.TracerProvider.Tracer(serve.InstrumentationName)
 	}

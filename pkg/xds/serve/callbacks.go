@@ -2,63 +2,92 @@ package serve
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/metaproxy/metaproxy/pkg/xds/translate"
 )
 
 // Callbacks observe the xDS streams: they log and count ACKs, NACKs (with the error Envoy gives)
-// and the nodes connected. Safe for concurrent use.
+// and the nodes connected, refuse Envoys older than MinEnvoyVersion, and tell Snapshots which
+// nodes have streams and what their Envoys accepted or rejected. Safe for concurrent use.
 type Callbacks struct {
-	log *slog.Logger
+	log   *slog.Logger
+	snaps *Snapshots
 
-	acks, nacks, requests, responses atomic.Int64
+	acks, nacks, requests, responses, tooOld atomic.Int64
 
 	mu      sync.Mutex
-	streams map[int64]string // stream id -> node id ("" until the node is known)
-	// ackByType and nackByType count ACKs and NACKs per resource type URL.
+	streams map[int64]*stream
+	// ackByType and nackByType count ACKs and NACKs per resource type URL (typeLabel).
 	ackByType, nackByType map[string]int64
-
-	// OnNodeConnected, when set, is called with the node id of every stream that names its node,
-	// before the request is answered (cmd/xds gives a node the source does not know a snapshot
-	// with the clusters only, so that its Envoy is not left waiting).
-	OnNodeConnected func(node string)
 }
 
+// stream is what Callbacks keep of an open stream.
+type stream struct {
+	node   string // "" until a request names it
+	opened bool   // Snapshots.StreamOpened was called
+	// sent are the nonces and versions of the last listener responses, to tell which snapshot an
+	// ACK or NACK is about (a delta ACK carries only the nonce).
+	sent []sentResponse
+}
+
+type sentResponse struct{ nonce, version string }
+
+// maxSent bounds stream.sent: Envoy answers every response, so only the newest few can be pending.
+const maxSent = 16
+
 var _ serverv3.Callbacks = (*Callbacks)(nil)
+
+// MinEnvoyVersion is the oldest Envoy cmd/xds configures. Listeners honour
+// network_namespace_filepath from 1.35.0 (envoyproxy/envoy#39517), but before 1.36.0
+// (envoyproxy/envoy#41103) Envoy compares listener addresses without the namespace and rejects
+// the second 169.254.169.254:80 listener of a node as a duplicate address; 1.36.0 also checks that
+// the switch into the namespace succeeded (envoyproxy/envoy#40933).
+const MinEnvoyVersion = "1.36.0"
+
+var minEnvoy = [3]uint32{1, 36, 0}
 
 // Stats is a point-in-time copy of the counters.
 type Stats struct {
 	ACKs, NACKs, Requests, Responses int64
+	// TooOld counts streams refused because their Envoy is older than MinEnvoyVersion.
+	TooOld int64
 	// Streams is the number of open xDS streams; Nodes the distinct node ids on them, sorted.
 	Streams int
 	Nodes   []string
 	// ACKsByType and NACKsByType split ACKs and NACKs by resource type URL (a type never acknowledged
-	// or rejected is absent).
+	// or rejected is absent; types cmd/xds does not serve count as "other").
 	ACKsByType, NACKsByType map[string]int64
 }
 
-// NewCallbacks returns callbacks logging to log.
-func NewCallbacks(log *slog.Logger) *Callbacks {
+// NewCallbacks returns callbacks logging to log and reporting streams and verdicts to snaps.
+func NewCallbacks(log *slog.Logger, snaps *Snapshots) *Callbacks {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Callbacks{log: log, streams: map[int64]string{}, ackByType: map[string]int64{}, nackByType: map[string]int64{}}
+	return &Callbacks{log: log, snaps: snaps, streams: map[int64]*stream{}, ackByType: map[string]int64{}, nackByType: map[string]int64{}}
 }
 
 // Stats returns the current counters.
 func (c *Callbacks) Stats() Stats {
 	c.mu.Lock()
 	seen := map[string]bool{}
-	for _, n := range c.streams {
-		if n != "" {
-			seen[n] = true
+	for _, st := range c.streams {
+		if st.node != "" {
+			seen[st.node] = true
 		}
 	}
 	st := Stats{Streams: len(c.streams), ACKsByType: maps.Clone(c.ackByType), NACKsByType: maps.Clone(c.nackByType)}
@@ -69,12 +98,22 @@ func (c *Callbacks) Stats() Stats {
 	sort.Strings(st.Nodes)
 	st.ACKs, st.NACKs = c.acks.Load(), c.nacks.Load()
 	st.Requests, st.Responses = c.requests.Load(), c.responses.Load()
+	st.TooOld = c.tooOld.Load()
 	return st
+}
+
+// typeLabel bounds the type URLs counted (a client may send any string) to those cmd/xds serves.
+func typeLabel(typeURL string) string {
+	switch typeURL {
+	case resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType:
+		return typeURL
+	}
+	return "other"
 }
 
 func (c *Callbacks) open(id int64, typeURL, mode string) error {
 	c.mu.Lock()
-	c.streams[id] = ""
+	c.streams[id] = &stream{}
 	c.mu.Unlock()
 	c.log.Debug("xds stream opened", "stream", id, "mode", mode, "type", typeURL)
 	return nil
@@ -82,45 +121,135 @@ func (c *Callbacks) open(id int64, typeURL, mode string) error {
 
 func (c *Callbacks) closed(id int64, node *corev3.Node, mode string) {
 	c.mu.Lock()
+	st := c.streams[id]
 	delete(c.streams, id)
 	c.mu.Unlock()
+	if st != nil && st.opened {
+		c.snaps.StreamClosed(st.node)
+	}
 	c.log.Info("xds stream closed", "stream", id, "mode", mode, "node", node.GetId())
 }
 
-// request records a request: the first one with a node names the stream; one carrying error_detail
-// is a NACK, one carrying a response nonce without error an ACK.
-func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version string, errMsg *string, mode string) {
-	c.requests.Add(1)
-	if nid := node.GetId(); nid != "" {
-		c.mu.Lock()
-		prev, known := c.streams[id]
-		c.streams[id] = nid
-		c.mu.Unlock()
-		if !known || prev == "" {
-			c.log.Info("envoy connected", "stream", id, "mode", mode, "node", nid, "cluster", node.GetCluster(),
-				"user_agent", node.GetUserAgentName(), "version", node.GetUserAgentBuildVersion().GetVersion())
-			if c.OnNodeConnected != nil {
-				c.OnNodeConnected(nid)
-			}
-		}
+// tooOld returns why node's Envoy cannot be configured, or nil. A client that reports no build
+// version (not Envoy, e.g. go-control-plane's test clients) is not judged.
+func tooOld(node *corev3.Node) error {
+	v := node.GetUserAgentBuildVersion().GetVersion()
+	if v == nil {
+		return nil
 	}
+	got := [3]uint32{v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch()}
+	if slices.Compare(got[:], minEnvoy[:]) >= 0 {
+		return nil
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"metaproxy needs Envoy %s or newer, this node runs %d.%d.%d: before 1.36.0 Envoy compares listener addresses "+
+			"without their network namespace and rejects the second 169.254.169.254:80 listener as a duplicate; "+
+			"upgrade Envoy (no configuration is sent until then)", MinEnvoyVersion, got[0], got[1], got[2])
+}
+
+// request records a request: the first one with a node names the stream (and is refused for an
+// Envoy older than MinEnvoyVersion); one carrying error_detail is a NACK, one carrying a response
+// nonce without error an ACK.
+func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version string, errMsg *string, mode string) error {
+	c.requests.Add(1)
 	c.mu.Lock()
-	nid := c.streams[id]
+	st := c.streams[id]
+	if st == nil { // a request before OnStreamOpen cannot happen; be safe
+		st = &stream{}
+		c.streams[id] = st
+	}
+	first := st.node == "" && node.GetId() != ""
+	if first {
+		st.node = node.GetId()
+	}
+	nid := st.node
+	sent := ""
+	if nonce != "" {
+		sent = st.take(nonce)
+	}
 	switch {
 	case errMsg != nil:
-		c.nackByType[typeURL]++
+		c.nackByType[typeLabel(typeURL)]++
 	case nonce != "":
-		c.ackByType[typeURL]++
+		c.ackByType[typeLabel(typeURL)]++
 	}
 	c.mu.Unlock()
+	if first {
+		if err := tooOld(node); err != nil {
+			c.tooOld.Add(1)
+			c.log.Error("refusing an Envoy that is too old", "stream", id, "node", nid, "min_version", MinEnvoyVersion,
+				"version", buildVersion(node), "error", err)
+			return err
+		}
+		c.log.Info("envoy connected", "stream", id, "mode", mode, "node", nid, "cluster", node.GetCluster(),
+			"user_agent", node.GetUserAgentName(), "version", buildVersion(node))
+		c.snaps.StreamOpened(nid)
+		c.mu.Lock()
+		st.opened = true
+		c.mu.Unlock()
+	}
 	switch {
 	case errMsg != nil:
 		c.nacks.Add(1)
-		c.log.Warn("envoy rejected config (NACK)", "node", nid, "stream", id, "type", typeURL, "nonce", nonce, "error", *errMsg)
+		var networks []string
+		for name := range RejectedListeners(*errMsg) {
+			if n, ok := translate.ListenerNetwork(name); ok {
+				networks = append(networks, n)
+			}
+		}
+		sort.Strings(networks)
+		c.log.Warn("envoy rejected config (NACK)", "node", nid, "stream", id, "type", typeURL, "nonce", nonce,
+			"networks", networks, "error", *errMsg)
 	case nonce != "":
 		c.acks.Add(1)
 		c.log.Debug("envoy accepted config (ACK)", "node", nid, "stream", id, "type", typeURL, "version", version)
 	}
+	if nonce != "" && nid != "" {
+		if sent == "" {
+			sent = version // state of the world: an ACK names the version it accepted
+		}
+		detail := ""
+		if errMsg != nil {
+			detail = *errMsg
+		}
+		c.snaps.Verdict(nid, typeURL, sent, detail, errMsg != nil)
+	}
+	return nil
+}
+
+// buildVersion prints the node's user_agent_build_version ("" when it has none).
+func buildVersion(node *corev3.Node) string {
+	v := node.GetUserAgentBuildVersion().GetVersion()
+	if v == nil {
+		return ""
+	}
+	return fmt.Sprintf("%d.%d.%d", v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch())
+}
+
+// sentLDS records a listener response.
+func (c *Callbacks) sentLDS(id int64, typeURL, nonce, version string) {
+	if typeURL != resource.ListenerType {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.streams[id]; st != nil {
+		if len(st.sent) == maxSent {
+			st.sent = slices.Delete(st.sent, 0, 1)
+		}
+		st.sent = append(st.sent, sentResponse{nonce: nonce, version: version})
+	}
+}
+
+// take returns the version of the response with nonce and forgets it and every older one.
+func (st *stream) take(nonce string) string {
+	for i, s := range st.sent {
+		if s.nonce == nonce {
+			st.sent = slices.Delete(st.sent, 0, i+1)
+			return s.version
+		}
+	}
+	return ""
 }
 
 // OnStreamOpen implements sotw.Callbacks.
@@ -138,13 +267,13 @@ func (c *Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		m := d.GetMessage()
 		errMsg = &m
 	}
-	c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), errMsg, "sotw")
-	return nil
+	return c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), errMsg, "sotw")
 }
 
 // OnStreamResponse implements sotw.Callbacks.
 func (c *Callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 	c.responses.Add(1)
+	c.sentLDS(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 	c.log.Debug("xds response sent", "stream", id, "type", resp.GetTypeUrl(), "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
 }
 
@@ -163,13 +292,13 @@ func (c *Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 		m := d.GetMessage()
 		errMsg = &m
 	}
-	c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", errMsg, "delta")
-	return nil
+	return c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", errMsg, "delta")
 }
 
 // OnStreamDeltaResponse implements delta.Callbacks.
 func (c *Callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 	c.responses.Add(1)
+	c.sentLDS(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 	c.log.Debug("xds delta response sent", "stream", id, "type", resp.GetTypeUrl(),
 		"resources", len(resp.GetResources()), "removed", len(resp.GetRemovedResources()))
 }

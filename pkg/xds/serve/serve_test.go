@@ -89,8 +89,19 @@ type harness struct {
 	logs   *syncBuffer
 }
 
-// start runs a real xDS server on 127.0.0.1:0 with a poller over a fake source.
+// start runs a real xDS server on 127.0.0.1:0 with a poller over a fake source, polled once.
 func start(t *testing.T, initial source.Nodes) *harness {
+	t.Helper()
+	return startWith(t, harnessOptions{initial: initial, poll: true})
+}
+
+type harnessOptions struct {
+	initial source.Nodes
+	poll    bool  // poll once before serving
+	clock   Clock // of the retry and NACK back-offs; nil: real time
+}
+
+func startWith(t *testing.T, o harnessOptions) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}
@@ -99,15 +110,17 @@ func start(t *testing.T, initial source.Nodes) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{src: &fakeSource{nodes: initial}, snaps: NewSnapshots(log), cb: NewCallbacks(log), logs: logs}
-	h.poller = &Poller{Source: h.src, Shared: sh, Snapshots: h.snaps, Interval: time.Hour, Log: log}
-	h.cb.OnNodeConnected = func(node string) {
-		if err := h.snaps.EnsureNode(ctx, sh, node); err != nil {
-			t.Errorf("EnsureNode(%s): %v", node, err)
-		}
+	var opts []Option
+	if o.clock != nil {
+		opts = append(opts, WithClock(o.clock))
 	}
-	if err := h.poller.Once(ctx); err != nil {
-		t.Fatal(err)
+	h := &harness{src: &fakeSource{nodes: o.initial}, snaps: NewSnapshots(log, opts...), logs: logs}
+	h.cb = NewCallbacks(log, h.snaps)
+	h.poller = &Poller{Source: h.src, Shared: sh, Snapshots: h.snaps, Interval: time.Hour, Log: log}
+	if o.poll {
+		if err := h.poller.Once(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -297,8 +310,17 @@ func TestVersionIsContentDerived(t *testing.T) {
 	}
 }
 
+// TestEmptyNodeKeepsClusters: a node the source drops while its Envoy is connected gets the
+// clusters only (its Envoy drops the listeners).
 func TestEmptyNodeKeepsClusters(t *testing.T) {
 	h := start(t, source.Nodes{"n1": nets(netA)})
+	c := sotw.NewADSClient(t.Context(), &corev3.Node{Id: "n1"}, resource.ListenerType)
+	if err := c.InitConnect(h.conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Fetch(); err != nil {
+		t.Fatal(err)
+	}
 	h.src.set(source.Nodes{}, nil)
 	if err := h.poller.Once(t.Context()); err != nil {
 		t.Fatal(err)
@@ -396,33 +418,5 @@ func BenchmarkSnapshot10kNetworks(b *testing.B) {
 		if _, err := NewSnapshots(nil).Set(ctx, "n1", res); err != nil {
 			b.Fatal(err)
 		}
-	}
-}
-
-// TestUnknownNodeGetsClustersAtOnce: an Envoy whose node id the source does not know gets the
-// clusters (and no listener) instead of waiting; a later poll that knows it adds its listeners, and
-// a node with a real snapshot is never reset by EnsureNode.
-func TestUnknownNodeGetsClustersAtOnce(t *testing.T) {
-	h := start(t, source.Nodes{"n1": nets(netA)})
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // without a snapshot, Fetch would wait
-	defer cancel()
-	c := sotw.NewADSClient(ctx, &corev3.Node{Id: "newcomer"}, resource.ClusterType)
-	if err := c.InitConnect(h.conn); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := c.Fetch()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(resp.Resources) == 0 {
-		t.Fatal("no clusters for a node the source does not know")
-	}
-	if h.snaps.Version("newcomer") == "" {
-		t.Fatal("no snapshot recorded for the newcomer")
-	}
-	before := h.snaps.Version("n1")
-	sh, _ := translate.NewShared(translate.DefaultSettings())
-	if err := h.snaps.EnsureNode(ctx, sh, "n1"); err != nil || h.snaps.Version("n1") != before {
-		t.Fatalf("EnsureNode replaced n1's snapshot: %v, version %s -> %s", err, before, h.snaps.Version("n1"))
 	}
 }

@@ -8,9 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
@@ -23,14 +27,61 @@ import (
 )
 
 // Snapshots keeps one snapshot per Envoy node in a go-control-plane snapshot cache (ADS mode, nodes
-// keyed by node.id).
+// keyed by node.id), follows the xDS streams of every node, and pushes again the listeners an
+// Envoy rejected.
+//
+// A node has a snapshot only once a successful poll of the source named it: before that, and for a
+// node id the source does not know, go-control-plane keeps the request waiting (its cache opens a
+// watch and answers nothing while the node has no snapshot, pkg/cache/v3/simple.go CreateWatch
+// and CreateDeltaWatch), so the Envoy keeps what it runs. Whatever is kept for a node the source
+// does not know (the cache's status entry, rejection counters) is dropped when its last stream
+// closes.
+//
+// A listener Envoy rejects (its LDS NACK names it, see RejectedListeners) is pushed again after a
+// back-off, as a copy that differs only in its metadata (translate.WithAttempt): go-control-plane's
+// delta server counts a rejected resource as delivered and its state of the world resends only a
+// new snapshot version, so identical content would never be sent again. The retry ends when Envoy
+// accepts the listener (an ACK, or a NACK that no longer names it) or the source changes or drops
+// it.
 type Snapshots struct {
-	cache cache.SnapshotCache
-	log   *slog.Logger
+	cache   *nackGate
+	log     *slog.Logger
+	backoff Backoff
+	clock   Clock
 
-	mu        sync.Mutex
-	versions  map[string]string // node id -> version of the snapshot set
-	listeners map[string]int    // node id -> listeners in that snapshot
+	mu      sync.Mutex
+	nodes   map[string]*nodeState // nodes with a snapshot
+	streams map[string]int        // open xDS streams per node id, known to the source or not
+	retried atomic.Int64          // rejected listeners pushed again
+}
+
+// nodeState is what Snapshots keeps for a node with a snapshot.
+type nodeState struct {
+	res       translate.Resources // from the source, before retries mark listeners
+	inSource  bool                // named by the last successful poll
+	version   string
+	listeners int
+	seq       uint64 // snapshots set so far
+	recent    [8]published
+	retries   map[string]*retry // listener name -> its retry
+}
+
+// published remembers which snapshot (seq) had a version, to tell which push an ACK or NACK is about.
+type published struct {
+	version string
+	seq     uint64
+}
+
+// retry is a listener the node's Envoy rejected.
+type retry struct {
+	network   string
+	digest    [sha256.Size]byte // content from the source this retry is about
+	attempt   uint32            // translate.WithAttempt value served (0: the source's own content)
+	failures  int               // consecutive rejections; 0 once accepted
+	pushed    uint64            // seq of the snapshot that carried attempt
+	waiting   bool              // the back-off timer runs
+	stop      func() bool
+	lastError string
 }
 
 // NodeState describes the snapshot a node has.
@@ -39,30 +90,73 @@ type NodeState struct {
 	Listeners     int
 }
 
+// Rejection is a listener an Envoy rejected and cmd/xds is pushing again.
+type Rejection struct {
+	Node, Network, Listener string
+	// Rejections counts the consecutive rejections.
+	Rejections int
+}
+
+// Option configures Snapshots.
+type Option func(*Snapshots)
+
+// WithBackoff sets the back-off of retries (DefaultBackoff without it).
+func WithBackoff(b Backoff) Option { return func(s *Snapshots) { s.backoff = b } }
+
+// WithClock sets the clock of the retry timers (real time without it).
+func WithClock(c Clock) Option { return func(s *Snapshots) { s.clock = c } }
+
 // NewSnapshots returns an empty snapshot store logging to log.
-func NewSnapshots(log *slog.Logger) *Snapshots {
+func NewSnapshots(log *slog.Logger, opts ...Option) *Snapshots {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Snapshots{
-		cache:     cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(log.With("component", "snapshot-cache"))),
-		log:       log,
-		versions:  map[string]string{},
-		listeners: map[string]int{},
+	s := &Snapshots{log: log, backoff: DefaultBackoff, clock: realClock{},
+		nodes: map[string]*nodeState{}, streams: map[string]int{}}
+	for _, o := range opts {
+		o(s)
 	}
+	inner := cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(log.With("component", "snapshot-cache")))
+	s.cache = newNACKGate(inner, s.backoff, s.clock, log)
+	s.cache.retrying = s.retrying
+	return s
 }
 
 // Nodes returns the state of every node that has a snapshot, sorted by node id.
 func (s *Snapshots) Nodes() []NodeState {
 	s.mu.Lock()
-	out := make([]NodeState, 0, len(s.versions))
-	for n, v := range s.versions {
-		out = append(out, NodeState{Node: n, Version: v, Listeners: s.listeners[n]})
+	out := make([]NodeState, 0, len(s.nodes))
+	for n, ns := range s.nodes {
+		out = append(out, NodeState{Node: n, Version: ns.version, Listeners: ns.listeners})
 	}
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
 }
+
+// Rejections returns the listeners being pushed again, sorted by node and listener.
+func (s *Snapshots) Rejections() []Rejection {
+	s.mu.Lock()
+	var out []Rejection
+	for n, ns := range s.nodes {
+		for l, r := range ns.retries {
+			if r.failures > 0 {
+				out = append(out, Rejection{Node: n, Network: r.network, Listener: l, Rejections: r.failures})
+			}
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].Listener < out[j].Listener
+	})
+	return out
+}
+
+// Retries returns how often a rejected listener was pushed again.
+func (s *Snapshots) Retries() int64 { return s.retried.Load() }
 
 // Cache returns the snapshot cache the xDS server serves from.
 func (s *Snapshots) Cache() cache.SnapshotCache { return s.cache }
@@ -71,32 +165,72 @@ func (s *Snapshots) Cache() cache.SnapshotCache { return s.cache }
 func (s *Snapshots) Version(node string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.versions[node]
+	if ns := s.nodes[node]; ns != nil {
+		return ns.version
+	}
+	return ""
 }
 
-// Set installs res as node's snapshot unless it has the same content as the current one. A snapshot
-// that is not Consistent() (a listener naming a route that is not there, a route nobody uses) is
-// refused with an error and the node keeps its previous snapshot: with ADS, Envoy would otherwise
-// wait forever for the missing resource.
+// Set installs res as node's snapshot (the node is now known to the source) unless it has the same
+// content as the current one. A snapshot that is not Consistent() (a listener naming a route that
+// is not there, a route nobody uses) is refused with an error and the node keeps its previous
+// snapshot: with ADS, Envoy would otherwise wait forever for the missing resource.
 func (s *Snapshots) Set(ctx context.Context, node string, res translate.Resources) (changed bool, err error) {
-	return s.set(ctx, node, res, false)
+	return s.set(ctx, node, res, true)
 }
 
-// set is Set; with ifAbsent it leaves a node that already has a snapshot alone (checked under the
-// lock, so that a poll that set the node's real snapshot meanwhile is never overwritten).
-func (s *Snapshots) set(ctx context.Context, node string, res translate.Resources, ifAbsent bool) (changed bool, err error) {
+// set is Set; with inSource false (the source no longer names the node) the node keeps a snapshot
+// only while a stream of it is open, so that its Envoy drops the listeners; otherwise it is
+// forgotten.
+func (s *Snapshots) set(ctx context.Context, node string, res translate.Resources, inSource bool) (changed bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ns := s.nodes[node]
+	if !inSource && s.streams[node] == 0 {
+		if ns != nil {
+			s.forgetLocked(node)
+		}
+		return ns != nil, nil
+	}
+	fresh := ns == nil
+	if fresh {
+		ns = &nodeState{retries: map[string]*retry{}}
+	}
+	prev := ns.res
+	ns.res, ns.inSource = res, inSource
+	s.dropStaleRetries(ns)
+	changed, err = s.publishLocked(ctx, node, ns)
+	if err != nil {
+		ns.res = prev
+		return false, err
+	}
+	if fresh {
+		s.nodes[node] = ns
+	}
+	return changed, nil
+}
+
+// publishLocked sets the snapshot of node from ns.res and its retries, if its content changed.
+func (s *Snapshots) publishLocked(ctx context.Context, node string, ns *nodeState) (bool, error) {
+	listeners := ns.res.Listeners
+	if marked := ns.marked(); len(marked) > 0 {
+		listeners = slices.Clone(listeners)
+		for i, l := range listeners {
+			if a, ok := marked[l.GetName()]; ok {
+				listeners[i] = translate.WithAttempt(l, a)
+			}
+		}
+	}
 	byType := map[resource.Type][]types.Resource{
-		resource.ListenerType: toResources(res.Listeners),
-		resource.RouteType:    toResources(res.Routes),
-		resource.ClusterType:  toResources(res.Clusters),
+		resource.ListenerType: toResources(listeners),
+		resource.RouteType:    toResources(ns.res.Routes),
+		resource.ClusterType:  toResources(ns.res.Clusters),
 	}
 	version, err := Version(byType)
 	if err != nil {
 		return false, fmt.Errorf("node %s: %w", node, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.versions[node] == version || (ifAbsent && s.versions[node] != "") {
+	if ns.version == version {
 		return false, nil
 	}
 	snap, err := cache.NewSnapshot(version, byType)
@@ -109,38 +243,212 @@ func (s *Snapshots) set(ctx context.Context, node string, res translate.Resource
 	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
 		return false, fmt.Errorf("node %s: set snapshot: %w", node, err)
 	}
-	s.versions[node] = version
-	s.listeners[node] = len(res.Listeners)
+	ns.version, ns.listeners = version, len(listeners)
+	ns.seq++
+	ns.recent[ns.seq%uint64(len(ns.recent))] = published{version: version, seq: ns.seq}
 	s.log.Info("snapshot set", "node", node, "version", version,
-		"listeners", len(res.Listeners), "routes", len(res.Routes), "clusters", len(res.Clusters))
+		"listeners", len(listeners), "routes", len(ns.res.Routes), "clusters", len(ns.res.Clusters))
 	return true, nil
 }
 
-// EnsureNode gives node a snapshot with the clusters only when it has none yet: an Envoy whose node
-// id the source does not (yet) know gets a consistent answer instead of waiting for one.
-func (s *Snapshots) EnsureNode(ctx context.Context, sh *translate.Shared, node string) error {
-	if s.Version(node) != "" {
-		return nil
+// marked returns the listeners served with an attempt mark.
+func (ns *nodeState) marked() map[string]uint32 {
+	var out map[string]uint32
+	for name, r := range ns.retries {
+		if r.attempt > 0 {
+			if out == nil {
+				out = map[string]uint32{}
+			}
+			out[name] = r.attempt
+		}
 	}
-	res, err := sh.Node(nil)
-	if err != nil {
-		return fmt.Errorf("node %s: translate: %w", node, err)
+	return out
+}
+
+// listener returns the node's listener from the source named name, or nil.
+func (ns *nodeState) listener(name string) *listenerv3.Listener {
+	ls := ns.res.Listeners // sorted by name (translate)
+	i := sort.Search(len(ls), func(i int) bool { return ls[i].GetName() >= name })
+	if i < len(ls) && ls[i].GetName() == name {
+		return ls[i]
 	}
-	_, err = s.set(ctx, node, res, true)
-	return err
+	return nil
+}
+
+// seqOf returns the seq of the snapshot with version, or the latest seq when it is not among the
+// recent ones.
+func (ns *nodeState) seqOf(version string) uint64 {
+	var best uint64
+	for _, p := range ns.recent {
+		if p.version == version && p.version != "" && p.seq > best {
+			best = p.seq
+		}
+	}
+	if best == 0 {
+		return ns.seq
+	}
+	return best
+}
+
+// dropStaleRetries ends the retries of listeners the source dropped or changed (a changed listener
+// is pushed as it is; if Envoy rejects it too, a new retry starts).
+func (s *Snapshots) dropStaleRetries(ns *nodeState) {
+	for name, r := range ns.retries {
+		l := ns.listener(name)
+		if l != nil {
+			if d, err := digest(l); err == nil && d == r.digest {
+				continue
+			}
+		}
+		if r.stop != nil {
+			r.stop()
+		}
+		delete(ns.retries, name)
+	}
+}
+
+// retrying reports whether a retry of node's listeners is scheduled.
+func (s *Snapshots) retrying(node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ns := s.nodes[node]; ns != nil {
+		for _, r := range ns.retries {
+			if r.waiting {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Verdict records what node's Envoy said about the response of typeURL with version: accepted
+// (nack false) or rejected with detail. Only listener verdicts matter: a rejected listener is
+// scheduled to be pushed again after a back-off; a pushed-again listener the verdict does not
+// name is accepted. Verdicts about a response older than the retry's push are ignored.
+func (s *Snapshots) Verdict(node, typeURL, version, detail string, nack bool) {
+	if typeURL != resource.ListenerType {
+		return
+	}
+	var rejected map[string]string
+	if nack {
+		rejected = RejectedListeners(detail)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ns := s.nodes[node]
+	if ns == nil {
+		return
+	}
+	seq := ns.seqOf(version)
+	for name, r := range ns.retries {
+		msg, named := rejected[name]
+		delete(rejected, name)
+		if r.waiting || seq < r.pushed {
+			continue
+		}
+		if named {
+			r.failures++
+			r.lastError = msg
+			s.scheduleLocked(node, name, r)
+		} else if r.failures > 0 {
+			s.log.Info("envoy accepted a listener it had rejected", "node", node, "network", r.network,
+				"listener", name, "rejections", r.failures)
+			r.failures = 0
+		}
+	}
+	for name, msg := range rejected {
+		l := ns.listener(name)
+		if l == nil {
+			s.log.Warn("envoy rejected a listener this node does not have", "node", node, "listener", name, "error", msg)
+			continue
+		}
+		d, err := digest(l)
+		if err != nil {
+			s.log.Error("cannot retry a rejected listener", "node", node, "listener", name, "error", err)
+			continue
+		}
+		network, _ := translate.ListenerNetwork(name)
+		r := &retry{network: network, digest: d, failures: 1, lastError: msg}
+		ns.retries[name] = r
+		s.scheduleLocked(node, name, r)
+	}
+}
+
+// scheduleLocked starts r's back-off timer.
+func (s *Snapshots) scheduleLocked(node, name string, r *retry) {
+	d := s.backoff.Delay(r.failures)
+	r.waiting = true
+	r.stop = s.clock.AfterFunc(d, func() { s.retry(node, name, r) })
+	s.log.Warn("listener rejected by envoy, pushing it again later", "node", node, "network", r.network,
+		"listener", name, "rejections", r.failures, "retry_in", d, "error", r.lastError)
+}
+
+// retry pushes r's listener again, marked with its next attempt.
+func (s *Snapshots) retry(node, name string, r *retry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ns := s.nodes[node]
+	if ns == nil || ns.retries[name] != r || !r.waiting {
+		return // dropped, changed or forgotten meanwhile
+	}
+	r.waiting = false
+	r.attempt++
+	if _, err := s.publishLocked(context.Background(), node, ns); err != nil {
+		s.log.Error("push a rejected listener again", "node", node, "listener", name, "error", err)
+		return
+	}
+	r.pushed = ns.seq
+	s.retried.Add(1)
+	s.log.Info("pushing a rejected listener again", "node", node, "network", r.network, "listener", name, "attempt", r.attempt)
+}
+
+// StreamOpened records an xDS stream of node (its first request named the node).
+func (s *Snapshots) StreamOpened(node string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streams[node]++
+}
+
+// StreamClosed records the end of a stream StreamOpened recorded. When the node's last stream
+// closes and the source does not name the node, everything kept for it is dropped.
+func (s *Snapshots) StreamClosed(node string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[node]--; s.streams[node] > 0 {
+		return
+	}
+	delete(s.streams, node)
+	if ns := s.nodes[node]; ns == nil || !ns.inSource {
+		s.forgetLocked(node)
+	}
+}
+
+// forgetLocked drops node's snapshot, retries and the cache's state of it.
+func (s *Snapshots) forgetLocked(node string) {
+	if ns := s.nodes[node]; ns != nil {
+		for _, r := range ns.retries {
+			if r.stop != nil {
+				r.stop()
+			}
+		}
+		delete(s.nodes, node)
+		s.log.Info("node forgotten", "node", node)
+	}
+	s.cache.ClearSnapshot(node)
 }
 
 // Apply translates and sets the snapshot of every node in nodes. Nodes that had a snapshot but are
-// no longer in nodes get an empty one (clusters only), so that their Envoy drops the listeners
-// instead of serving stale networks. A node whose translation fails keeps its previous snapshot;
-// all failures are returned together.
+// no longer in nodes get an empty one (clusters only) while their Envoy is connected, so that it
+// drops the listeners instead of serving stale networks, and are forgotten otherwise (an Envoy of
+// a node the source does not know gets nothing: it keeps what it has). A node whose translation
+// fails keeps its previous snapshot; all failures are returned together.
 func (s *Snapshots) Apply(ctx context.Context, sh *translate.Shared, nodes source.Nodes) error {
 	names := make([]string, 0, len(nodes))
 	for n := range nodes {
 		names = append(names, n)
 	}
 	s.mu.Lock()
-	for n := range s.versions {
+	for n := range s.nodes {
 		if _, ok := nodes[n]; !ok {
 			names = append(names, n)
 		}
@@ -152,9 +460,10 @@ func (s *Snapshots) Apply(ctx context.Context, sh *translate.Shared, nodes sourc
 	tracer := trace.SpanFromContext(ctx).TracerProvider().Tracer(InstrumentationName)
 	var errs []error
 	for _, node := range names {
+		nets, inSource := nodes[node]
 		nodeAttr := AttrNode.String(node)
-		_, build := tracer.Start(ctx, SpanSnapshotBuild, trace.WithAttributes(nodeAttr, AttrNetworks.Int(len(nodes[node]))))
-		res, err := sh.Node(nodes[node])
+		_, build := tracer.Start(ctx, SpanSnapshotBuild, trace.WithAttributes(nodeAttr, AttrNetworks.Int(len(nets))))
+		res, err := sh.Node(nets)
 		if err != nil {
 			err = fmt.Errorf("node %s: translate: %w", node, err)
 			endSpan(build, err)
@@ -164,7 +473,7 @@ func (s *Snapshots) Apply(ctx context.Context, sh *translate.Shared, nodes sourc
 		build.SetAttributes(AttrListeners.Int(len(res.Listeners)))
 		build.End()
 		pctx, push := tracer.Start(ctx, SpanSnapshotPush, trace.WithAttributes(nodeAttr))
-		changed, err := s.Set(pctx, node, res)
+		changed, err := s.set(pctx, node, res, inSource)
 		push.SetAttributes(AttrChanged.Bool(changed), AttrVersion.String(s.Version(node)))
 		endSpan(push, err)
 		if err != nil {
@@ -172,6 +481,38 @@ func (s *Snapshots) Apply(ctx context.Context, sh *translate.Shared, nodes sourc
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ldsErrorPrefix starts the error_detail of Envoy's LDS NACK (LdsApiImpl::onConfigUpdate in
+// envoyproxy/envoy source/common/listener_manager/lds_api.cc), followed by one
+// "<listener name>: <error>" line per listener it could not add or update; the others are applied.
+const ldsErrorPrefix = "Error adding/updating listener(s) "
+
+// RejectedListeners returns the listeners an LDS NACK's error detail names, with Envoy's error for
+// each (empty for a detail in another form).
+func RejectedListeners(detail string) map[string]string {
+	rest, ok := strings.CutPrefix(detail, ldsErrorPrefix)
+	if !ok {
+		return nil
+	}
+	out := map[string]string{}
+	last := ""
+	for _, line := range strings.Split(rest, "\n") {
+		if name, msg, ok := strings.Cut(line, ": "); ok && !strings.ContainsAny(name, " \t") && name != "" {
+			out[name], last = msg, name
+		} else if last != "" && line != "" {
+			out[last] += "\n" + line // an error message on several lines
+		}
+	}
+	return out
+}
+
+func digest(l *listenerv3.Listener) ([sha256.Size]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(l)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	return sha256.Sum256(b), nil
 }
 
 // Version returns a version derived from the content of the resources: a SHA-256 (first 16 bytes,

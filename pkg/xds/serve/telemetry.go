@@ -50,6 +50,9 @@ const (
 	MetricPollFailures        = "metaproxy_xds_poll_failures_total"
 	MetricPollLastSuccessSecs = "metaproxy_xds_poll_last_success_timestamp_seconds"
 	MetricReady               = "metaproxy_xds_ready"
+	MetricListenerRejections  = "metaproxy_xds_listener_rejections"
+	MetricListenerRetries     = "metaproxy_xds_listener_retries_total"
+	MetricEnvoyTooOld         = "metaproxy_xds_envoy_too_old_total"
 )
 
 // Metric labels.
@@ -57,12 +60,18 @@ const (
 	LabelTypeURL = "type_url"
 	LabelNode    = "node"
 	LabelVersion = "version"
+	// LabelNetwork and LabelListener name a rejected listener (MetricListenerRejections). Their
+	// series exist only while the listener is being pushed again, so their number is bounded by
+	// the listeners of the nodes the source knows (never by what clients send).
+	LabelNetwork  = "network"
+	LabelListener = "listener"
 )
 
 // MetricNames lists every metric family Instrument exports.
 func MetricNames() []string {
 	return []string{MetricConnectedNodes, MetricStreams, MetricACKs, MetricNACKs, MetricSnapshotInfo, MetricListeners,
-		MetricPolls, MetricPollFailures, MetricPollLastSuccessSecs, MetricReady}
+		MetricPolls, MetricPollFailures, MetricPollLastSuccessSecs, MetricReady,
+		MetricListenerRejections, MetricListenerRetries, MetricEnvoyTooOld}
 }
 
 // Instrument reports the state of cb, snaps and p on mp with observable instruments, read when the
@@ -75,6 +84,10 @@ func MetricNames() []string {
 //   - MetricPolls, MetricPollFailures: source polls run and failed.
 //   - MetricPollLastSuccessSecs: Unix time of the last successful poll, 0 before it.
 //   - MetricReady: 1 once a poll succeeded (/readyz answers 200), else 0.
+//   - MetricListenerRejections{node,network,listener}: consecutive rejections of a listener
+//     cmd/xds is pushing again (absent once Envoy accepted it or the source dropped it).
+//   - MetricListenerRetries: rejected listeners pushed again.
+//   - MetricEnvoyTooOld: xDS streams refused because their Envoy is older than MinEnvoyVersion.
 func Instrument(mp metric.MeterProvider, cb *Callbacks, snaps *Snapshots, p *Poller) error {
 	m := mp.Meter(InstrumentationName)
 	connected, err1 := m.Int64ObservableGauge("metaproxy.xds.connected_nodes",
@@ -97,7 +110,13 @@ func Instrument(mp metric.MeterProvider, cb *Callbacks, snaps *Snapshots, p *Pol
 		metric.WithDescription("Unix time of the last successful poll of the network source; 0 before the first."))
 	ready, err10 := m.Int64ObservableGauge("metaproxy.xds.ready",
 		metric.WithDescription("1 once a poll of the network source succeeded (/readyz answers 200), else 0."))
-	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9, err10); err != nil {
+	rejections, err11 := m.Int64ObservableGauge("metaproxy.xds.listener.rejections",
+		metric.WithDescription("Consecutive rejections (NACKs) of a listener cmd/xds is pushing again with back-off; absent once accepted."))
+	retries, err12 := m.Int64ObservableCounter("metaproxy.xds.listener.retries",
+		metric.WithDescription("Rejected listeners pushed again."))
+	tooOld, err13 := m.Int64ObservableCounter("metaproxy.xds.envoy.too_old",
+		metric.WithDescription("xDS streams refused because their Envoy is older than "+MinEnvoyVersion+"."))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13); err != nil {
 		return err
 	}
 	_, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -127,8 +146,14 @@ func Instrument(mp metric.MeterProvider, cb *Callbacks, snaps *Snapshots, p *Pol
 			r = 1
 		}
 		o.ObserveInt64(ready, r)
+		for _, rj := range snaps.Rejections() {
+			o.ObserveInt64(rejections, int64(rj.Rejections), metric.WithAttributes(attribute.String(LabelNode, rj.Node),
+				attribute.String(LabelNetwork, rj.Network), attribute.String(LabelListener, rj.Listener)))
+		}
+		o.ObserveInt64(retries, snaps.Retries())
+		o.ObserveInt64(tooOld, st.TooOld)
 		return nil
-	}, connected, streams, acks, nacks, info, listeners, polls, fails, last, ready)
+	}, connected, streams, acks, nacks, info, listeners, polls, fails, last, ready, rejections, retries, tooOld)
 	return err
 }
 

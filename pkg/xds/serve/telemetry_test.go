@@ -176,7 +176,7 @@ func series(fams map[string]*dto.MetricFamily, name string) map[string]float64 {
 func TestMetricsOverHTTP(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
-	h := start(t, source.Nodes{"n1": nets(netA)})
+	h := startWith(t, harnessOptions{initial: source.Nodes{"n1": nets(netA)}, poll: true, clock: &fakeClock{}})
 	tel, err := telemetry.New(t.Context(), telemetry.Options{ServiceName: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -227,10 +227,11 @@ func TestMetricsOverHTTP(t *testing.T) {
 	if _, err := c.Fetch(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Nack("bind: Address already in use"); err != nil {
+	if err := c.Nack(envoyNACK(v4(netB), "cannot bind '169.254.169.254:80': Address already in use")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "ACK and NACK counted", func() bool { st := h.cb.Stats(); return st.ACKs == 1 && st.NACKs == 1 })
+	eventually(t, "the rejected listener recorded", func() bool { return len(h.snaps.Rejections()) == 1 })
 	h.src.set(nil, errors.New("neutron: 503"))
 	if err := h.poller.Once(t.Context()); err == nil {
 		t.Fatal("poll with a failing source succeeded")
@@ -238,13 +239,16 @@ func TestMetricsOverHTTP(t *testing.T) {
 
 	after := scrape(t, url)
 	for name, want := range map[string]map[string]float64{
-		MetricConnectedNodes: {"": 1},
-		MetricStreams:        {"": 1},
-		MetricACKs:           {"type_url=" + resource.ListenerType: 1},
-		MetricNACKs:          {"type_url=" + resource.ListenerType: 1},
-		MetricPolls:          {"": 3},
-		MetricPollFailures:   {"": 1},
-		MetricListeners:      {"node=n1": 2},
+		MetricConnectedNodes:     {"": 1},
+		MetricStreams:            {"": 1},
+		MetricACKs:               {"type_url=" + resource.ListenerType: 1},
+		MetricNACKs:              {"type_url=" + resource.ListenerType: 1},
+		MetricPolls:              {"": 3},
+		MetricPollFailures:       {"": 1},
+		MetricListeners:          {"node=n1": 2},
+		MetricListenerRejections: {"listener=" + v4(netB) + ",network=" + netB + ",node=n1": 1},
+		MetricListenerRetries:    {"": 0},
+		MetricEnvoyTooOld:        {"": 0},
 		// Only the current version is reported: the previous one's series is gone.
 		MetricSnapshotInfo: {"node=n1,version=" + h.snaps.Version("n1"): 1},
 	} {

@@ -149,3 +149,47 @@ func TestNeutronAllLocalNamespaces(t *testing.T) {
 		t.Fatalf("networks %+v; want only %+v (network B has no namespace here)", got["lab"], want)
 	}
 }
+
+// TestRecreatedNamespaceGetsNewGeneration: a namespace deleted and created again at the same path
+// (a new inode) changes Network.NamespaceGeneration, in the netns source and in mode all on the
+// node; polls that find the same namespace keep it.
+func TestRecreatedNamespaceGetsNewGeneration(t *testing.T) {
+	id := netA // a network the fake Neutron lists, for mode all
+	name := "qdhcp-" + id
+	addNetns(t, name)
+	netnsSrc, err := NewNamespaces(DefaultNetnsDir, "node-1", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := NewNeutron(fakeNeutron(t, nil), NeutronOptions{Mode: ModeAll, NodeID: "node-1", Networks: true, LocalNamespaces: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for srcName, src := range map[string]Source{"netns": netnsSrc, "neutron all": all} {
+		t.Run(srcName, func(t *testing.T) {
+			gen := func() uint32 {
+				t.Helper()
+				nodes, err := src.Networks(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, n := range nodes["node-1"] {
+					if n.ID == id {
+						return n.NamespaceGeneration
+					}
+				}
+				t.Fatalf("namespace %s not found in %+v", name, nodes)
+				return 0
+			}
+			first := gen()
+			if again := gen(); again != first {
+				t.Fatalf("same namespace: generation %d then %d", first, again)
+			}
+			ip(t, "netns", "delete", name)
+			ip(t, "netns", "add", name)
+			if recreated := gen(); recreated == first {
+				t.Errorf("recreated namespace kept generation %d", first)
+			}
+		})
+	}
+}

@@ -52,6 +52,7 @@ type NeutronOptions struct {
 type Neutron struct {
 	client *gophercloud.ServiceClient
 	opts   NeutronOptions
+	gens   generations // of the local namespaces (LocalNamespaces)
 }
 
 var _ Source = (*Neutron)(nil)
@@ -191,17 +192,17 @@ func (n *Neutron) all(ctx context.Context, nodes Nodes) error {
 
 // keepLocal applies what this host's namespaces say: a network whose namespace the DHCP (or L3)
 // agent has not created yet is left out until it exists, since Envoy cannot bind a listener in a
-// missing namespace, and the interface holding fe80::a9fe:a9fe is read from it so that the IPv6
-// listener can be bound.
+// missing namespace, the interface holding fe80::a9fe:a9fe is read from it so that the IPv6
+// listener can be bound, and a namespace recreated at the same path gets a new generation.
 func (n *Neutron) keepLocal(nodes Nodes, node string) {
 	kept := nodes[node][:0]
 	for _, nw := range nodes[node] {
-		iface, err := metadataInterface(nw.NamespacePath)
+		nw, err := n.gens.local(nw)
 		if err != nil {
 			continue
 		}
-		nw.Interface = iface
 		kept = append(kept, nw)
 	}
+	n.gens.prune(kept)
 	nodes[node] = kept
 }

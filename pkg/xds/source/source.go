@@ -31,6 +31,12 @@ type Network struct {
 	// tap device). A link-local address can only be bound on a given interface, so the IPv6 listener
 	// is generated only when Interface is known. Empty means IPv4 only.
 	Interface string
+	// NamespaceGeneration counts how often the namespace at NamespacePath was replaced by another
+	// one (deleted and created again at the same path: a new inode) while this source watched it.
+	// Only sources that see the namespaces (netns, and neutron mode all on the node) know it; it is
+	// 0 elsewhere. Package translate changes the listener with it so that Envoy binds a new socket
+	// instead of keeping the one bound in the dead namespace.
+	NamespaceGeneration uint32
 }
 
 // Nodes maps an Envoy node id (its bootstrap node.id, the host name by default) to the networks

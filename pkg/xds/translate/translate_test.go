@@ -364,3 +364,81 @@ func needsQuotes(s string) bool {
 	_, isString := v.(string)
 	return !isString || v != s
 }
+
+// TestRecreatedNamespaceChangesTheAddress: a namespace of another generation gives the listener a
+// different network_namespace_filepath naming the same file (so Envoy opens a new socket), and
+// generations of the same parity the same one.
+func TestRecreatedNamespaceChangesTheAddress(t *testing.T) {
+	sh, err := NewShared(DefaultSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := func(gen uint32) string {
+		t.Helper()
+		n := network(net1, "tap6b1f4f4e-0d")
+		n.NamespaceGeneration = gen
+		res, err := sh.Node([]source.Network{n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var paths []string
+		for _, l := range res.Listeners {
+			paths = append(paths, l.GetAddress().GetSocketAddress().GetNetworkNamespaceFilepath())
+		}
+		if len(paths) != 2 || paths[0] != paths[1] {
+			t.Fatalf("generation %d: listener namespaces %q, want the same for IPv4 and IPv6", gen, paths)
+		}
+		return paths[0]
+	}
+	first, second, third := path(0), path(1), path(2)
+	if first != "/var/run/netns/qdhcp-"+net1 || second != "/var/run/netns/./qdhcp-"+net1 || third != first {
+		t.Errorf("namespace paths by generation: %q %q %q", first, second, third)
+	}
+	if filepath.Clean(second) != first {
+		t.Errorf("%q does not name %q", second, first)
+	}
+}
+
+func TestListenerNetwork(t *testing.T) {
+	for name, want := range map[string]string{
+		ListenerName(resolve.KindNetwork, net1, 4):  net1,
+		ListenerName(resolve.KindRouter, router, 6): router,
+		"metadata-network-" + net1:                  "",
+		"metadata-other-" + net1 + "-ipv4":          "",
+		"metadata-network-a/b-ipv4":                 "",
+		"something-else":                            "",
+	} {
+		got, ok := ListenerNetwork(name)
+		if got != want || ok != (want != "") {
+			t.Errorf("ListenerNetwork(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+}
+
+// TestWithAttempt: the copy differs only in its metadata, and the original is untouched.
+func TestWithAttempt(t *testing.T) {
+	sh, err := NewShared(DefaultSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := sh.Node([]source.Network{network(net1, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := res.Listeners[0]
+	before := proto.Clone(orig)
+	a1, a2 := WithAttempt(orig, 1), WithAttempt(orig, 2)
+	if !proto.Equal(orig, before) {
+		t.Fatal("WithAttempt changed its argument")
+	}
+	if proto.Equal(a1, orig) || proto.Equal(a1, a2) {
+		t.Fatal("attempts do not change the listener")
+	}
+	if err := a2.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	a2.Metadata = nil
+	if diff := cmp.Diff(orig, a2, protocmp.Transform()); diff != "" {
+		t.Errorf("WithAttempt changed more than the metadata (-orig +attempt):\n%s", diff)
+	}
+}
