@@ -42,6 +42,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/metaproxy/metaproxy/e2e/internal/standin"
@@ -280,6 +281,8 @@ type harness struct {
 	ext      *fakeExtProc
 	extSrv   *grpc.Server
 	nacks    atomic.Int32
+	lastNACK atomic.Value // string: the error_detail of the last NACK
+	admin    string       // the stand-in's admin URL
 }
 
 func (h *harness) startExtProc() {
@@ -463,12 +466,14 @@ func newHarness(t *testing.T, delta, rds bool) *harness {
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
 			if r.GetErrorDetail() != nil {
+				h.lastNACK.Store(r.GetErrorDetail().GetMessage())
 				h.nacks.Add(1)
 			}
 			return nil
 		},
 		StreamDeltaRequestFunc: func(_ int64, r *discoveryv3.DeltaDiscoveryRequest) error {
 			if r.GetErrorDetail() != nil {
+				h.lastNACK.Store(r.GetErrorDetail().GetMessage())
 				h.nacks.Add(1)
 			}
 			return nil
@@ -501,17 +506,20 @@ func newHarness(t *testing.T, delta, rds bool) *harness {
 			t.Errorf("standin.Run: %v", err)
 		}
 	})
-	adminURL := "http://" + aln.Addr().String()
-	waitFor(t, "stand-in ready with listener net-a", func() bool {
-		r, err := http.Get(adminURL + "/listeners")
-		if err != nil {
-			return false
-		}
-		defer r.Body.Close()
-		b, _ := io.ReadAll(r.Body)
-		return strings.Contains(string(b), "net-a::")
-	})
+	h.admin = "http://" + aln.Addr().String()
+	waitFor(t, "stand-in ready with listener net-a", func() bool { return strings.Contains(h.listeners(), "net-a::") })
 	return h
+}
+
+// listeners returns the stand-in's /listeners ("" when it does not answer).
+func (h *harness) listeners() string {
+	r, err := http.Get(h.admin + "/listeners")
+	if err != nil {
+		return ""
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -675,6 +683,31 @@ func TestStandInFeatures(t *testing.T) {
 		if r := curl(t, h.ns.client, metaURL); r.status != 200 {
 			t.Fatalf("curl = %+v, want the previous listener to keep serving", r)
 		}
+	})
+
+	t.Run("listener in a missing namespace is NACKed as Envoy does, and bound once pushed again after it exists", func(t *testing.T) {
+		ns := fmt.Sprintf("sti-m-%d", rand.IntN(1<<20))
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		missing := h.listener("net-m", "net-m")
+		missing.Address.GetSocketAddress().NetworkNamespaceFilepath = "/var/run/netns/" + ns
+		before := h.nacks.Load()
+		h.push(h.clusters(h.novaAddr), h.listener("net-a", "net-a"), missing)
+		waitFor(t, "NACK", func() bool { return h.nacks.Load() > before })
+		if got, _ := h.lastNACK.Load().(string); !strings.HasPrefix(got, "Error adding/updating listener(s) net-m: ") || !strings.HasSuffix(got, "\n") {
+			t.Errorf("NACK detail %q, want Envoy's LDS form naming net-m", got)
+		}
+		if r := curl(t, h.ns.client, metaURL); r.status != 200 {
+			t.Fatalf("curl = %+v, want net-a to keep serving", r)
+		}
+		if l := h.listeners(); strings.Contains(l, "net-m::") {
+			t.Fatalf("the rejected listener is listed:\n%s", l)
+		}
+		run(t, "ip", "netns", "add", ns)
+		// As cmd/xds does: the same listener marked with an attempt, so the delta cache sends it too.
+		again := proto.Clone(missing).(*listenerv3.Listener)
+		again.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"metaproxy.xds": {Fields: map[string]*structpb.Value{"attempt": structpb.NewNumberValue(1)}}}}
+		h.push(h.clusters(h.novaAddr), h.listener("net-a", "net-a"), again)
+		waitFor(t, "net-m bound", func() bool { return strings.Contains(h.listeners(), "net-m::") })
 	})
 
 	t.Run("IPv6 link-local listener with SO_BINDTODEVICE", func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,8 +50,11 @@ type DataPlane struct {
 	endpoints  map[string][]cluster.Endpoint
 	listeners  map[string]*listenerSpec
 	running    map[string]*runningListener
-	routes     atomic.Pointer[map[string]*hcm.RouteTable]
-	versions   map[string]int
+	// bound are the sockets of listeners added or rebound and not serving yet (warming: their
+	// route configuration has not arrived), opened when the listener was applied, as Envoy does.
+	bound    map[string][]net.Listener
+	routes   atomic.Pointer[map[string]*hcm.RouteTable]
+	versions map[string]int
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -64,7 +68,7 @@ func New(log *slog.Logger, stats *hcm.Stats) *DataPlane {
 		log: log, stats: stats, clusters: cluster.NewManager(),
 		clusterCfg: map[string]*cluster.Config{}, clusterKey: map[string]string{},
 		endpoints: map[string][]cluster.Endpoint{}, listeners: map[string]*listenerSpec{},
-		running: map[string]*runningListener{}, versions: map[string]int{}, ready: make(chan struct{}),
+		running: map[string]*runningListener{}, bound: map[string][]net.Listener{}, versions: map[string]int{}, ready: make(chan struct{}),
 	}
 	empty := map[string]*hcm.RouteTable{}
 	d.routes.Store(&empty)
@@ -239,7 +243,8 @@ func (d *DataPlane) applyRoutes(res map[string]*anypb.Any) error {
 		return err
 	}
 	d.routes.Store(&tables)
-	return d.reconcile()
+	d.reconcile()
+	return nil
 }
 
 // listenerSpec is a parsed listener.
@@ -360,13 +365,34 @@ func socketSpec(a *corev3.Address, freebind bool, opts []netnslisten.SocketOptio
 	}, nil
 }
 
+// ldsErrorPrefix starts the error of a rejected listener update, one "<name>: <error>" line per
+// listener following, as Envoy's LdsApiImpl::onConfigUpdate writes it (envoyproxy/envoy
+// source/common/listener_manager/lds_api.cc); cmd/xds reads the listener names from it.
+const ldsErrorPrefix = "Error adding/updating listener(s) "
+
+// applyListeners applies a listener update the way Envoy's LDS does: each listener is added or
+// updated on its own, and one that cannot be (it does not parse, names an unknown cluster, or its
+// socket cannot be created, e.g. because its network namespace does not exist) keeps its previous
+// version, or stays absent, while the others apply; the update is then rejected with Envoy's
+// message. Sockets are created when the listener is applied, not when it is warm: an update whose
+// addresses are equal to the running listener's (network namespace file path included, as Envoy
+// compares them since 1.36.0) keeps its sockets, as Envoy clones them
+// (ListenerManagerImpl::setupSocketFactoryForListener), so a metadata or filter change never binds
+// again; a different address gets new sockets, bound before the old ones close. A listener is
+// never retried by the stand-in itself: only a new update from the control plane tries again.
 func (d *DataPlane) applyListeners(res map[string]*anypb.Any) error {
 	specs := map[string]*listenerSpec{}
-	var errs []error
-	for name, a := range res {
+	var failed []string
+	reject := func(name string, err error) {
+		failed = append(failed, name+": "+err.Error())
+		if old, ok := d.listeners[name]; ok {
+			specs[name] = old
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(res)) {
 		var l listenerv3.Listener
-		if err := a.UnmarshalTo(&l); err != nil {
-			errs = append(errs, fmt.Errorf("listener %s: %w", name, err))
+		if err := res[name].UnmarshalTo(&l); err != nil {
+			reject(name, err)
 			continue
 		}
 		spec, err := parseListener(&l)
@@ -378,30 +404,52 @@ func (d *DataPlane) applyListeners(res map[string]*anypb.Any) error {
 			}
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("listener %s: %w", name, err))
-			// As Envoy's LDS: a rejected listener keeps its previous version.
-			if old, ok := d.listeners[name]; ok {
-				specs[name] = old
-			}
+			reject(name, err)
 			continue
 		}
-		specs[spec.name] = spec
+		if old, ok := d.listeners[name]; ok && proto.Equal(old.proto, spec.proto) {
+			specs[name] = old
+			continue
+		}
+		if rl, ok := d.running[name]; !ok || rl.spec.bindKey() != spec.bindKey() {
+			lns, err := openSockets(spec)
+			if err != nil {
+				d.stats.Inc("listener_manager.listener_create_failure")
+				reject(name, err)
+				continue
+			}
+			closeAll(d.bound[name])
+			d.bound[name] = lns
+		} else if lns, ok := d.bound[name]; ok { // a warming rebind superseded by one keeping the sockets
+			closeAll(lns)
+			delete(d.bound, name)
+		}
+		specs[name] = spec
 	}
 	d.listeners = specs
-	errs = append(errs, d.reconcile())
-	return errors.Join(errs...)
+	d.reconcile()
+	if len(failed) > 0 {
+		return errors.New(ldsErrorPrefix + strings.Join(failed, "\n") + "\n")
+	}
+	return nil
 }
 
-// reconcile makes the running listeners match d.listeners: listeners whose RDS route
-// configuration has not arrived yet are warming (a previous version keeps serving).
-func (d *DataPlane) reconcile() error {
-	var errs []error
+// reconcile makes the running listeners match d.listeners: removed ones stop, warm ones (their
+// RDS route configuration is here) serve on their new sockets or get their new filters in place;
+// a warming listener's previous version keeps serving.
+func (d *DataPlane) reconcile() {
 	for name, rl := range d.running {
 		if _, ok := d.listeners[name]; !ok {
 			d.log.Info("listener removed", "listener", name)
 			rl.stop()
 			delete(d.running, name)
 			d.stats.Inc("listener_manager.listener_removed")
+		}
+	}
+	for name, lns := range d.bound {
+		if _, ok := d.listeners[name]; !ok {
+			closeAll(lns)
+			delete(d.bound, name)
 		}
 	}
 	routes := *d.routes.Load()
@@ -411,32 +459,33 @@ func (d *DataPlane) reconcile() error {
 			continue
 		}
 		rl, running := d.running[name]
-		if running && proto.Equal(rl.spec.proto, spec.proto) {
+		if lns, ok := d.bound[name]; ok {
+			delete(d.bound, name)
+			d.running[name] = serve(spec, lns, spec.hcm.Handler(d.env()), d.log)
+			if running {
+				rl.stop()
+				d.stats.Inc("listener_manager.listener_modified")
+			} else {
+				d.stats.Inc("listener_manager.listener_added")
+			}
+			d.log.Info("listener serving", "listener", name, "sockets", fmt.Sprint(spec.sockets))
+			continue
+		}
+		if !running || proto.Equal(rl.spec.proto, spec.proto) {
 			continue
 		}
 		handler := spec.hcm.Handler(d.env())
-		if running && rl.spec.bindKey() == spec.bindKey() {
-			rl.handler.Store(&handler)
-			rl.spec = spec
-			d.log.Info("listener updated in place", "listener", name)
-			d.stats.Inc("listener_manager.listener_modified")
-			continue
-		}
-		if running {
-			rl.stop()
-			delete(d.running, name)
-		}
-		nrl, err := start(spec, handler, d.log)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listener %s: %w", name, err))
-			d.stats.Inc("listener_manager.listener_create_failure")
-			continue
-		}
-		d.running[name] = nrl
-		d.log.Info("listener serving", "listener", name, "sockets", fmt.Sprint(spec.sockets))
-		d.stats.Inc("listener_manager.listener_added")
+		rl.handler.Store(&handler)
+		rl.spec = spec
+		d.log.Info("listener updated in place", "listener", name)
+		d.stats.Inc("listener_manager.listener_modified")
 	}
-	return errors.Join(errs...)
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
 }
 
 // runningListener is a bound listener and its HTTP server.
@@ -447,8 +496,23 @@ type runningListener struct {
 	handler atomic.Pointer[http.Handler]
 }
 
-func start(spec *listenerSpec, h http.Handler, log *slog.Logger) (*runningListener, error) {
-	rl := &runningListener{spec: spec}
+// openSockets creates the listener's sockets (in their network namespaces).
+func openSockets(spec *listenerSpec) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, s := range spec.sockets {
+		ln, err := netnslisten.Listen(context.Background(), s)
+		if err != nil {
+			closeAll(lns)
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// serve serves h on the listener's sockets.
+func serve(spec *listenerSpec, lns []net.Listener, h http.Handler, log *slog.Logger) *runningListener {
+	rl := &runningListener{spec: spec, lns: lns}
 	rl.handler.Store(&h)
 	c := spec.hcm
 	rl.srv = &http.Server{
@@ -469,16 +533,6 @@ func start(spec *listenerSpec, h http.Handler, log *slog.Logger) (*runningListen
 		p.SetUnencryptedHTTP2(true)
 		rl.srv.Protocols = &p
 	}
-	for _, s := range spec.sockets {
-		ln, err := netnslisten.Listen(context.Background(), s)
-		if err != nil {
-			for _, l := range rl.lns {
-				l.Close()
-			}
-			return nil, err
-		}
-		rl.lns = append(rl.lns, ln)
-	}
 	for _, ln := range rl.lns {
 		go func() {
 			if err := rl.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -486,7 +540,7 @@ func start(spec *listenerSpec, h http.Handler, log *slog.Logger) (*runningListen
 			}
 		}()
 	}
-	return rl, nil
+	return rl
 }
 
 // drainTime is how long a stopped listener's open connections may still send their request.
@@ -519,6 +573,10 @@ func (d *DataPlane) Close() {
 	for name, rl := range d.running {
 		rl.stop()
 		delete(d.running, name)
+	}
+	for name, lns := range d.bound {
+		closeAll(lns)
+		delete(d.bound, name)
 	}
 	d.clusters.Close()
 }

@@ -16,6 +16,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -98,10 +99,11 @@ func TestStoppedListenerAnswersAcceptedConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rl, err := start(spec, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), slog.New(slog.DiscardHandler))
+	lns, err := openSockets(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rl := serve(spec, lns, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), slog.New(slog.DiscardHandler))
 	c, err := net.Dial("tcp", rl.lns[0].Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -127,5 +129,36 @@ func TestStoppedListenerAnswersAcceptedConnections(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", rl.lns[0].Addr().String(), time.Second); err == nil {
 		t.Error("the stopped listener still accepts new connections")
+	}
+}
+
+// TestSocketsKeptAsEnvoyClonesThem: as Envoy (hasCompatibleAddress), an update whose address,
+// namespace file path included as written, is unchanged keeps the sockets (a metadata change, or a
+// namespace recreated at the same path), and another spelling of the path gets new ones.
+func TestSocketsKeptAsEnvoyClonesThem(t *testing.T) {
+	m := &hcmv3.HttpConnectionManager{
+		StatPrefix:     "metadata",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "metadata"}},
+		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}}},
+	}
+	key := func(path string, md *corev3.Metadata) string {
+		t.Helper()
+		a := socketAddress(80)
+		a.GetSocketAddress().NetworkNamespaceFilepath = path
+		spec, err := parseListener(&listenerv3.Listener{Name: "l", Address: a, Metadata: md, FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, m)},
+		}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return spec.bindKey()
+	}
+	base := key("/var/run/netns/qdhcp-a", nil)
+	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"metaproxy.xds": {Fields: map[string]*structpb.Value{"attempt": structpb.NewNumberValue(1)}}}}
+	if key("/var/run/netns/qdhcp-a", md) != base {
+		t.Error("a metadata change rebinds")
+	}
+	if key("/var/run/netns/./qdhcp-a", nil) == base {
+		t.Error("another spelling of the namespace path keeps the socket")
 	}
 }

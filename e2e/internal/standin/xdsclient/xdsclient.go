@@ -20,6 +20,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -103,13 +104,24 @@ func New(o Options) (*Client, error) {
 	}
 	c := &Client{
 		o:     o,
-		node:  &corev3.Node{Id: o.NodeID, Cluster: o.NodeCluster, UserAgentName: "metaproxy-e2e-standin"},
+		node:  standinNode(o.NodeID, o.NodeCluster),
 		types: map[string]*typeState{},
 	}
 	for _, t := range []string{ClusterType, ListenerType, RouteType, EndpointType} {
 		c.types[t] = &typeState{url: t, named: t == RouteType || t == EndpointType, accepted: map[string]*anypb.Any{}, versions: map[string]string{}}
 	}
 	return c, nil
+}
+
+// ModelsEnvoy is the Envoy version whose behaviour the stand-in models (listeners in network
+// namespaces compared with their namespace, #41103); it reports it as its build version, so that
+// cmd/xds judges it as it would judge that Envoy.
+var ModelsEnvoy = [3]uint32{1, 36, 0}
+
+func standinNode(id, cluster string) *corev3.Node {
+	return &corev3.Node{Id: id, Cluster: cluster, UserAgentName: "metaproxy-e2e-standin",
+		UserAgentVersionType: &corev3.Node_UserAgentBuildVersion{UserAgentBuildVersion: &corev3.BuildVersion{
+			Version: &typev3.SemanticVersion{MajorNumber: ModelsEnvoy[0], MinorNumber: ModelsEnvoy[1], Patch: ModelsEnvoy[2]}}}}
 }
 
 // Run connects and serves the stream until ctx is done, reconnecting after failures.
