@@ -48,8 +48,9 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/xdscmd"
 )
 
-// minEnvoy is the oldest Envoy whose listeners honour network_namespace_filepath (envoy/README.md).
-var minEnvoy = [2]int{1, 35}
+// minEnvoy is the oldest Envoy that serves listeners on one address in several network namespaces
+// (envoy/README.md; cmd/xds refuses older ones, serve.MinEnvoyVersion).
+var minEnvoy = [2]int{1, 36}
 
 // ---------------------------------------------------------------------------------------------
 // YAML helpers
@@ -161,7 +162,7 @@ func checkEnvoyImage(t *testing.T, where, image string) {
 	major, _ := strconv.Atoi(m[1])
 	minor, _ := strconv.Atoi(m[2])
 	if major < minEnvoy[0] || major == minEnvoy[0] && minor < minEnvoy[1] {
-		t.Errorf("%s: %s is older than Envoy %d.%d, the first whose listeners bind in a namespace", where, image, minEnvoy[0], minEnvoy[1])
+		t.Errorf("%s: %s is older than Envoy %d.%d, the first that keeps listeners on one address in different namespaces apart", where, image, minEnvoy[0], minEnvoy[1])
 	}
 }
 
