@@ -47,7 +47,7 @@ func ListenerNetwork(name string) (id string, ok bool) {
 		return "", false
 	}
 	for _, v := range []string{"-ipv4", "-ipv6"} {
-		if id, cut := strings.CutSuffix(rest, v); cut && source.ValidID(id) {
+		if id, cut := strings.CutSuffix(rest, v); cut && contract.ValidID(id) {
 			return id, true
 		}
 	}
