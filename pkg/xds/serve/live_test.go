@@ -83,6 +83,23 @@ func (c *fakeClock) fireOne(t *testing.T, want time.Duration) {
 	p[0].f()
 }
 
+// connectAndAck connects go-control-plane's ADS client for node and typeURL, fetches the first
+// response and ACKs it.
+func connectAndAck(t *testing.T, h *harness, node *corev3.Node, typeURL string) sotw.ADSClient {
+	t.Helper()
+	c := sotw.NewADSClient(t.Context(), node, typeURL)
+	if err := c.InitConnect(h.conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // envoyNACK is the error_detail of Envoy's LDS NACK for one listener (lds_api.cc).
 func envoyNACK(listener, msg string) string {
 	return "Error adding/updating listener(s) " + listener + ": " + msg + "\n"
@@ -461,16 +478,7 @@ func TestStateOfUnknownNodesIsDropped(t *testing.T) {
 	}
 	baseline()
 
-	c := sotw.NewADSClient(t.Context(), &corev3.Node{Id: "n2"}, resource.ListenerType)
-	if err := c.InitConnect(h.conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Fetch(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Ack(); err != nil {
-		t.Fatal(err)
-	}
+	c := connectAndAck(t, h, &corev3.Node{Id: "n2"}, resource.ListenerType)
 	h.src.set(source.Nodes{"n1": nets(netA)}, nil)
 	if err := h.poller.Once(t.Context()); err != nil {
 		t.Fatal(err)

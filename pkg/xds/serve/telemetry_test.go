@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	dto "github.com/prometheus/client_model/go"
@@ -210,16 +209,7 @@ func TestMetricsOverHTTP(t *testing.T) {
 	}
 
 	// An Envoy connects, accepts the listeners, then rejects the next version.
-	c := sotw.NewADSClient(t.Context(), &corev3.Node{Id: "n1"}, resource.ListenerType)
-	if err := c.InitConnect(h.conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Fetch(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Ack(); err != nil {
-		t.Fatal(err)
-	}
+	c := connectAndAck(t, h, &corev3.Node{Id: "n1"}, resource.ListenerType)
 	h.src.set(source.Nodes{"n1": nets(netA, netB)}, nil)
 	if err := h.poller.Once(t.Context()); err != nil {
 		t.Fatal(err)
