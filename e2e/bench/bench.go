@@ -20,7 +20,7 @@ import (
 	"github.com/metaproxy/metaproxy/e2e/internal/load"
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
 	"github.com/metaproxy/metaproxy/e2e/internal/vmnet"
-	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
 
@@ -230,7 +230,7 @@ const openLoopInFlight = 64
 // load.FakeNeutron in this process: 100k ports in a real Neutron would take hours to create.
 func (b *bench) neutronModeRSS(ctx context.Context, targets []load.Target) (memRow, error) {
 	fake := &load.FakeNeutron{}
-	l, err := extproc.Listen("127.0.0.1:0")
+	l, err := listen.Open("127.0.0.1:0")
 	if err != nil {
 		return memRow{}, err
 	}
@@ -559,7 +559,7 @@ func (b *bench) novaSection(ctx context.Context) error {
 		return err
 	}
 	b.counter = nc
-	l, err := extproc.Listen("127.0.0.1:0")
+	l, err := listen.Open("127.0.0.1:0")
 	if err != nil {
 		return err
 	}

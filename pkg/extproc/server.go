@@ -1,6 +1,6 @@
 // Package extproc is the gRPC side of cmd/extproc: the envoy.service.ext_proc.v3
-// ExternalProcessor stream loop and the gRPC health service, on one server listening on TCP or a
-// UNIX socket. What to answer is decided per message by a Processor; this package only moves
+// ExternalProcessor stream loop and the gRPC health service, on one server (its listener comes
+// from package listen). What to answer is decided per message by a Processor; this package only moves
 // messages and closes streams cleanly.
 package extproc
 
@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 
@@ -181,71 +180,6 @@ func responseStatus(h *extprocv3.HttpHeaders) int {
 		}
 	}
 	return 0
-}
-
-// ListenSystemd is the Listen address of the socket systemd passes (socket activation).
-const ListenSystemd = "systemd"
-
-// Listen opens addr: "unix:///path/to.sock" (a stale socket file is replaced, the socket is made
-// mode 0660), "host:port", or ListenSystemd: the one listening socket systemd passed to this
-// process (socket activation: LISTEN_PID, LISTEN_FDS, descriptor 3). That socket belongs to
-// systemd and outlives the process: connections that arrive while the service restarts wait in
-// its backlog instead of being refused.
-func Listen(addr string) (net.Listener, error) {
-	if addr == ListenSystemd {
-		return listenSystemd()
-	}
-	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if path == "" {
-			return nil, fmt.Errorf("listen address %q: empty socket path", addr)
-		}
-		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			if err := os.Remove(path); err != nil {
-				return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-			}
-		}
-		l, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("listen on %s: %w", addr, err)
-		}
-		if err := os.Chmod(path, 0o660); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("restrict socket %s: %w", path, err)
-		}
-		return l, nil
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	return l, nil
-}
-
-// listenSystemd returns the socket systemd passed, as sd_listen_fds(3) defines it: LISTEN_PID is
-// this process, LISTEN_FDS counts the descriptors from 3. The variables are unset so that no child
-// process takes them for its own.
-func listenSystemd() (net.Listener, error) {
-	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
-	os.Unsetenv("LISTEN_PID")
-	os.Unsetenv("LISTEN_FDS")
-	os.Unsetenv("LISTEN_FDNAMES")
-	const hint = "start it through its .socket unit (deploy/systemd/metaproxy-extproc.socket) or give --listen unix:///path.sock"
-	switch {
-	case pid == "" || fds == "":
-		return nil, fmt.Errorf("listen %s: systemd passed no socket (LISTEN_PID/LISTEN_FDS unset): %s", ListenSystemd, hint)
-	case pid != strconv.Itoa(os.Getpid()):
-		return nil, fmt.Errorf("listen %s: the sockets systemd passed are for process %s, not this one (%d): %s", ListenSystemd, pid, os.Getpid(), hint)
-	case fds != "1":
-		return nil, fmt.Errorf("listen %s: systemd passed %s sockets, want exactly one (one ListenStream= in the .socket unit)", ListenSystemd, fds)
-	}
-	const firstFD = 3 // SD_LISTEN_FDS_START
-	f := os.NewFile(firstFD, "systemd socket")
-	defer f.Close() // FileListener holds its own duplicate
-	l, err := net.FileListener(f)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: descriptor %d is not a listening socket: %w", ListenSystemd, firstFD, err)
-	}
-	return l, nil
 }
 
 // NewGRPCServer returns a gRPC server carrying the ExternalProcessor and the health service.

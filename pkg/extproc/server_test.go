@@ -7,9 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +24,7 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -77,7 +76,7 @@ func start(t *testing.T) (*grpc.ClientConn, *ports, func(bool)) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "extproc.sock")
-	l, err := extproc.Listen("unix://" + sock)
+	l, err := listen.Open("unix://" + sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,27 +398,6 @@ func TestHealth(t *testing.T) {
 	}
 }
 
-func TestListenReplacesStaleSocket(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	l1, err := extproc.Listen("unix://" + sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Simulate a crash: the socket file stays behind.
-	if ul, ok := l1.(interface{ SetUnlinkOnClose(bool) }); ok {
-		ul.SetUnlinkOnClose(false)
-	}
-	l1.Close()
-	l2, err := extproc.Listen("unix://" + sock)
-	if err != nil {
-		t.Fatalf("second listen on a stale socket: %v", err)
-	}
-	l2.Close()
-	if _, err := extproc.Listen("unix://"); err == nil {
-		t.Error("empty socket path accepted")
-	}
-}
-
 // verdictProcessor answers with a fixed response and a check that records nova's status.
 type verdictProcessor struct{ got chan int }
 
@@ -431,7 +409,7 @@ func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv
 func TestResponseHeadersReachTheCheck(t *testing.T) {
 	p := verdictProcessor{got: make(chan int, 1)}
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := extproc.Listen("unix://" + sock)
+	l, err := listen.Open("unix://" + sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,33 +438,5 @@ func TestResponseHeadersReachTheCheck(t *testing.T) {
 	}
 	if got := <-p.got; got != 403 {
 		t.Errorf("check saw status %d, want 403", got)
-	}
-}
-
-// TestListenSystemdRefusesWhatIsNotOurs: without sockets passed to this very process, the
-// systemd listen address fails with what to do, and never takes descriptor 3 blindly. (The
-// socket-activated start and restart are run for real in deploy/, TestExtprocSocketActivation.)
-func TestListenSystemdRefusesWhatIsNotOurs(t *testing.T) {
-	for name, tc := range map[string]struct{ pid, fds, want string }{
-		"nothing passed":       {"", "", "LISTEN_PID/LISTEN_FDS unset"},
-		"another process's":    {"1", "1", "not this one"},
-		"several sockets":      {strconv.Itoa(os.Getpid()), "2", "want exactly one"},
-		"only the count given": {"", "1", "LISTEN_PID/LISTEN_FDS unset"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Setenv("LISTEN_PID", tc.pid)
-			t.Setenv("LISTEN_FDS", tc.fds)
-			l, err := extproc.Listen(extproc.ListenSystemd)
-			if err == nil {
-				l.Close()
-				t.Fatal("listened without a socket from systemd")
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q does not say %q", err, tc.want)
-			}
-			if os.Getenv("LISTEN_FDS") != "" {
-				t.Error("LISTEN_FDS left for child processes")
-			}
-		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"github.com/metaproxy/metaproxy/pkg/version"
 )
@@ -87,7 +88,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 func serve(ctx context.Context, cfg Config, w *service, tel *telemetry.Telemetry, log *slog.Logger) error {
-	l, err := extproc.Listen(cfg.Listen)
+	l, err := listen.Open(cfg.Listen)
 	if err != nil {
 		return err
 	}

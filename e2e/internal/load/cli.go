@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/listen"
 )
 
 const usage = `loadgen: metaproxy's benchmark load tool (loopback and your own namespaces only).
@@ -53,33 +53,33 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "extproc":
 		return runExtProcCmd(ctx, fs, rest, stdout)
 	case "floor":
-		listen := fs.String("listen", "", "unix:///path.sock or HOST:PORT")
+		addr := fs.String("listen", "", "unix:///path.sock or HOST:PORT")
 		if err := parse(fs, rest, "listen"); err != nil {
 			return err
 		}
-		l, err := extproc.Listen(*listen)
+		l, err := listen.Open(*addr)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(stderr, "floor ext_proc server on", *listen)
+		fmt.Fprintln(stderr, "floor ext_proc server on", *addr)
 		return ServeFloor(ctx, l)
 	case "http":
 		return runHTTPCmd(ctx, fs, rest, stdout)
 	case "bootstorm":
 		return runBootStormCmd(ctx, fs, rest, stdout)
 	case "upstream":
-		listen := fs.String("listen", "127.0.0.1:0", "HOST:PORT")
+		addr := fs.String("listen", "127.0.0.1:0", "HOST:PORT")
 		if err := parse(fs, rest); err != nil {
 			return err
 		}
-		l, err := extproc.Listen(*listen)
+		l, err := listen.Open(*addr)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintln(stderr, "trivial upstream on", l.Addr())
 		return ServeHTTPOn(ctx, l, &Upstream{})
 	case "neutron-counter":
-		listen := fs.String("listen", "127.0.0.1:0", "HOST:PORT")
+		addr := fs.String("listen", "127.0.0.1:0", "HOST:PORT")
 		upstream := fs.String("upstream", "", "Neutron URL, like http://127.0.0.1:9696/")
 		if err := parse(fs, rest, "upstream"); err != nil {
 			return err
@@ -88,7 +88,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		l, err := extproc.Listen(*listen)
+		l, err := listen.Open(*addr)
 		if err != nil {
 			return err
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
+	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -30,7 +31,7 @@ import (
 func serveFloor(t *testing.T) string {
 	t.Helper()
 	addr := "unix://" + filepath.Join(t.TempDir(), "floor.sock")
-	l, err := extproc.Listen(addr)
+	l, err := listen.Open(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func newDecider(t testing.TB, ports, networks int) (*decide.Decider, []Target) {
 func serveMetaproxy(t *testing.T, d *decide.Decider) string {
 	t.Helper()
 	addr := "unix://" + filepath.Join(t.TempDir(), "extproc.sock")
-	l, err := extproc.Listen(addr)
+	l, err := listen.Open(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func (f slowFloor) Process(st extprocv3.ExternalProcessor_ProcessServer) error {
 // 2 ms. The bound comes from the server's sleeps, not from how fast this machine is.
 func TestOpenLoopCountsQueueing(t *testing.T) {
 	addr := "unix://" + filepath.Join(t.TempDir(), "slow.sock")
-	l, err := extproc.Listen(addr)
+	l, err := listen.Open(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
