@@ -42,9 +42,16 @@ Observability: /metrics, /healthz and /readyz on --admin-listen. Traces are expo
 when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, with
 OTEL_EXPORTER_OTLP_PROTOCOL grpc or http/protobuf (default); see docs/observability.md.
 
+Who may ask: a signature is a credential for the VM's metadata, so only the node's Envoy may get
+one. On a UNIX socket (the default) the socket is created mode 0660 and every connection's peer
+(SO_PEERCRED) must be one of --allowed-peers (default root and metaproxy-envoy); on TCP, only
+clients with a certificate of --tls-client-ca (mutual TLS) are served. Others are closed before
+anything is read, logged once per peer and counted (metaproxy_extproc_connections_refused_total).
+
 Port source (choose one): --ports-file, Neutron (--os-cloud, --neutron-url, or $OS_CLOUD / OS_*), --demo.
-Shared secret: --secret-file, else $METAPROXY_SHARED_SECRET, else metadata_proxy_shared_secret
-from --metadata-agent-ini. It is never logged.
+Shared secret: --secret-file (not readable by other users), else $METAPROXY_SHARED_SECRET (removed
+from the environment once read), else metadata_proxy_shared_secret from --metadata-agent-ini. It is
+never logged.
 
 Flags:
 `
@@ -68,12 +75,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "extproc", version.String())
 		return nil
 	}
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
-	}
+	verr := cfg.Validate()
 	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
-		return err
+		log = slog.New(slog.NewTextHandler(stderr, nil)) // Validate says what is wrong with the level or format
+	}
+	sec, serr := prepareListener(cfg, log)
+	if err := errors.Join(verr, serr); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	tel, err := telemetry.New(ctx, telemetry.Options{ServiceName: ServiceName, Version: version.String()})
 	if err != nil {
@@ -84,16 +93,25 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, w, tel, log)
+	return serve(ctx, cfg, sec, w, tel, log)
 }
 
-func serve(ctx context.Context, cfg Config, w *service, tel *telemetry.Telemetry, log *slog.Logger) error {
-	l, err := listen.Open(cfg.Listen)
+func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, tel *telemetry.Telemetry, log *slog.Logger) error {
+	refusals, err := newRefusals(log, tel.MeterProvider)
+	if err != nil {
+		return fmt.Errorf("refusal metrics: %w", err)
+	}
+	raw, err := listen.Open(cfg.Listen)
 	if err != nil {
 		return err
 	}
+	l, grpcOpts, err := sec.apply(raw, refusals, log)
+	if err != nil {
+		raw.Close()
+		return err
+	}
 	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider),
-		extproc.WithLeanRequests(w.decider.RequestHeadersRead()...)))
+		extproc.WithLeanRequests(w.decider.RequestHeadersRead()...)), grpcOpts...)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -135,7 +153,7 @@ func serve(ctx context.Context, cfg Config, w *service, tel *telemetry.Telemetry
 // MetricNames lists every metric family cmd/extproc exports on /metrics besides the Go runtime's
 // (go_*) and the process's (process_*).
 func MetricNames() []string {
-	return append(decide.MetricNames(), extproc.MetricStreams, extproc.MetricStreamsInFlight, MetricReady, MetricPortSourceLastUpSecs)
+	return append(decide.MetricNames(), extproc.MetricStreams, extproc.MetricStreamsInFlight, MetricReady, MetricPortSourceLastUpSecs, MetricConnectionsRefused)
 }
 
 func tracingState(tel *telemetry.Telemetry) string {

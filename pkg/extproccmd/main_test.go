@@ -216,7 +216,7 @@ func TestResolveSubcommand(t *testing.T) {
 
 func TestMissingSecretIsAClearError(t *testing.T) {
 	t.Setenv(SecretEnv, "")
-	err := Main(context.Background(), []string{"--ports-file", writeFile(t, "p.json", `{"ports":[]}`), "--listen", "127.0.0.1:0", "--admin-listen", ""}, io.Discard, io.Discard)
+	err := Main(context.Background(), []string{"--ports-file", writeFile(t, "p.json", `{"ports":[]}`), "--listen", "unix://" + filepath.Join(t.TempDir(), "s.sock"), "--admin-listen", ""}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "no shared secret") {
 		t.Fatalf("err = %v", err)
 	}
