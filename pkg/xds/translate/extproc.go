@@ -66,7 +66,9 @@ func extProcFilter(n source.Network, e ExtProc) (*anypb.Any, error) {
 }
 
 // ExtProcCluster returns the extproc cluster: HTTP/2 (gRPC) to cmd/extproc over a UNIX socket or
-// TCP, with gRPC health checks (cmd/extproc serves grpc.health.v1).
+// TCP, with gRPC health checks (cmd/extproc serves grpc.health.v1). Over TCP it is mutual TLS
+// (UpstreamTLS: the node's client certificate, cmd/extproc's certificate checked against the CA
+// and the server name), unless the settings ask for plain text.
 func ExtProcCluster(s Settings) (*clusterv3.Cluster, error) {
 	target, err := parseExtProcAddress(s.ExtProc.Address)
 	if err != nil {
@@ -110,10 +112,24 @@ func ExtProcCluster(s Settings) (*clusterv3.Cluster, error) {
 			MaxPendingRequests: wrapperspb.UInt32(extProcMaxRequests),
 		}}},
 	}
+	if target.unixPath == "" && !s.ExtProc.Plaintext {
+		if c.TransportSocket, err = UpstreamTLS(s.ExtProc.tls(target)); err != nil {
+			return nil, fmt.Errorf("extproc cluster: %w", err)
+		}
+	}
 	if err := validate(c); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// tls returns the TLS toward target, the server name defaulting to its host.
+func (e ExtProc) tls(target extProcTarget) EnvoyTLS {
+	t := e.TLS
+	if t.ServerName == "" {
+		t.ServerName = target.host
+	}
+	return t
 }
 
 func socketAddress(host string, port uint32) *corev3.Address {

@@ -43,6 +43,11 @@ type ExtProc struct {
 	// MessageTimeout bounds each ext_proc answer. cmd/extproc may need a Neutron round trip on a
 	// cache miss, so Envoy's 200 ms default is too short.
 	MessageTimeout time.Duration
+	// TLS is how Envoy reaches a TCP Address: mutual TLS (cmd/extproc serves TCP only so).
+	// ServerName defaults to the address's host. Unused for a UNIX socket.
+	TLS EnvoyTLS
+	// Plaintext sends Envoy to a TCP Address without TLS: only for a lab's `extproc --demo`.
+	Plaintext bool
 }
 
 // Timeouts mirror neutron's [metadata_haproxy] timeouts.
@@ -77,7 +82,7 @@ type RateLimit struct {
 func DefaultSettings() Settings {
 	return Settings{
 		Nova:    Nova{Hosts: []string{"127.0.0.1"}, Port: 8775, Protocol: "http"},
-		ExtProc: ExtProc{Address: "unix:///run/metaproxy/extproc.sock", MessageTimeout: 5 * time.Second},
+		ExtProc: ExtProc{Address: "unix:///run/metaproxy/extproc.sock", MessageTimeout: 5 * time.Second, TLS: EnvoyTLS{SDSDir: DefaultSDSDir}},
 		Timeouts: Timeouts{
 			HTTPRequest: 30 * time.Second, Connect: 30 * time.Second, Client: 32 * time.Second,
 			Server: 32 * time.Second, KeepAlive: 30 * time.Second,
@@ -127,8 +132,12 @@ func (s Settings) Validate() error {
 	default:
 		bad("nova: protocol %q: want http or https", s.Nova.Protocol)
 	}
-	if _, err := parseExtProcAddress(s.ExtProc.Address); err != nil {
+	if t, err := parseExtProcAddress(s.ExtProc.Address); err != nil {
 		bad("extproc: %v", err)
+	} else if t.unixPath == "" && !s.ExtProc.Plaintext {
+		if err := s.ExtProc.tls(t).validate(); err != nil {
+			bad("extproc: TLS to %s: %v", s.ExtProc.Address, err)
+		}
 	}
 	if s.ExtProc.MessageTimeout <= 0 {
 		bad("extproc: message timeout must be positive")

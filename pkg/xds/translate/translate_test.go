@@ -66,7 +66,7 @@ var goldenCases = map[string]struct {
 		settings: func(s *Settings) {
 			s.Nova = Nova{Hosts: []string{"nova-1.example.org", "192.0.2.10"}, Port: 8775, Protocol: "https",
 				CACert: "/etc/metaproxy/ca.pem", ClientCert: "/etc/metaproxy/client.pem", ClientKey: "/etc/metaproxy/client.key"}
-			s.ExtProc = ExtProc{Address: "127.0.0.1:50051", MessageTimeout: 2 * time.Second}
+			s.ExtProc = ExtProc{Address: "127.0.0.1:50051", MessageTimeout: 2 * time.Second, TLS: EnvoyTLS{SDSDir: "/etc/metaproxy/tls"}}
 			s.Timeouts.Server = 60 * time.Second
 		},
 	},
