@@ -33,13 +33,14 @@ const (
 )
 
 // NewGRPCServer returns a gRPC server that serves ADS (state of the world and delta, chosen by the
-// client), plus the per-type LDS/RDS/CDS services and grpc.health.v1, from snaps.
-func NewGRPCServer(ctx context.Context, snaps *Snapshots, cb *Callbacks) *grpc.Server {
-	gs := grpc.NewServer(
+// client), plus the per-type LDS/RDS/CDS services and grpc.health.v1, from snaps. opts are added to
+// the server's (TLS credentials, NodeAuthorizer's interceptors).
+func NewGRPCServer(ctx context.Context, snaps *Snapshots, cb *Callbacks, opts ...grpc.ServerOption) *grpc.Server {
+	gs := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.MaxConcurrentStreams(maxStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
-	)
+	}, opts...)...)
 	xds := serverv3.NewServer(ctx, snaps.Cache(), cb)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xds)
