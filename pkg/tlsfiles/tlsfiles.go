@@ -75,6 +75,7 @@ func stampOf(path string) (stamp, error) {
 func load(f Files, flags [3]string, now time.Time) (*material, error) {
 	var errs []error
 	m := &material{}
+	ok := [3]bool{}
 	for i, p := range []string{f.Cert, f.Key, f.ClientCA} {
 		if p == "" {
 			errs = append(errs, fmt.Errorf("%s is not set", flags[i]))
@@ -85,18 +86,19 @@ func load(f Files, flags [3]string, now time.Time) (*material, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", flags[i], err))
 			continue
 		}
-		m.stamp[i] = st
+		m.stamp[i], ok[i] = st, true
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	var certPEM, keyPEM []byte
+	var err error
+	if ok[0] {
+		if certPEM, err = os.ReadFile(f.Cert); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flags[0], err))
+		}
 	}
-	certPEM, err := os.ReadFile(f.Cert)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", flags[0], err))
-	}
-	keyPEM, err := secretfile.Read(f.Key)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", flags[1], err))
+	if ok[1] {
+		if keyPEM, err = secretfile.Read(f.Key); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flags[1], err))
+		}
 	}
 	if certPEM != nil && keyPEM != nil {
 		m.cert, err = tls.X509KeyPair(certPEM, keyPEM)
@@ -109,11 +111,12 @@ func load(f Files, flags [3]string, now time.Time) (*material, error) {
 			errs = append(errs, fmt.Errorf("%s %s expired on %s", flags[0], f.Cert, m.cert.Leaf.NotAfter.UTC().Format(time.RFC3339)))
 		}
 	}
-	caPEM, err := os.ReadFile(f.ClientCA)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", flags[2], err))
-	} else if m.pool, err = caPool(caPEM); err != nil {
-		errs = append(errs, fmt.Errorf("%s %s: %w", flags[2], f.ClientCA, err))
+	if ok[2] {
+		if caPEM, err := os.ReadFile(f.ClientCA); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flags[2], err))
+		} else if m.pool, err = caPool(caPEM); err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", flags[2], f.ClientCA, err))
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -4,13 +4,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/metaproxy/metaproxy/pkg/telemetry"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/metaproxy/metaproxy/pkg/agentini"
+	"github.com/metaproxy/metaproxy/pkg/telemetry"
+	"github.com/metaproxy/metaproxy/pkg/tlsfiles"
+	"github.com/metaproxy/metaproxy/pkg/xds/serve"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xds/translate"
 )
@@ -20,6 +25,13 @@ import (
 type Config struct {
 	Listen      string
 	AdminListen string
+
+	// TLS is the xDS server's mutual TLS; NodeBinding ties node ids to client certificates
+	// (serve.ParseNodeBinding). InsecurePlaintext allows plain text on a TCP address that is not
+	// loopback (labs only).
+	TLS               tlsfiles.Files
+	NodeBinding       string
+	InsecurePlaintext bool
 
 	Source       string // neutron, netns or file ("" = file when NetworksFile is set, else neutron)
 	NetworksFile string
@@ -36,6 +48,11 @@ type Config struct {
 
 	ExtProcAddress string
 	MessageTimeout time.Duration
+	// EnvoySDSDir, ExtProcServerName and ExtProcPlaintext are how Envoy reaches a TCP
+	// cmd/extproc (translate.ExtProc).
+	EnvoySDSDir       string
+	ExtProcServerName string
+	ExtProcPlaintext  bool
 
 	EnvoyTracingCollector string
 
@@ -64,7 +81,12 @@ func defaultNodeID() string {
 // newFlagSet declares every flag of `xds` on cfg.
 func newFlagSet(cfg *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("xds", flag.ContinueOnError)
-	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:18000", "`HOST:PORT` of the xDS gRPC server (ADS, state of the world and delta) Envoys connect to")
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:18000", "`HOST:PORT` or unix:///PATH of the xDS gRPC server (ADS, state of the world and delta) Envoys connect to")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "xDS server certificate chain `FILE` (PEM; re-read when it changes): mutual TLS, as Envoys' bootstraps from `xds bootstrap` expect")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "private key `FILE` of --tls-cert (not readable by other users)")
+	fs.StringVar(&cfg.TLS.ClientCA, "tls-client-ca", "", "CA bundle `FILE` that signs the Envoys' client certificates; without a valid one a client gets nothing")
+	fs.StringVar(&cfg.NodeBinding, "node-binding", "dns", "which node ids a client certificate may ask for: `dns` (a DNS SAN equal to the node id), spiffe://TRUST-DOMAIN (URI SAN spiffe://TRUST-DOMAIN/metaproxy/node/<id>) or none (any node id; one certificate shared by all nodes)")
+	fs.BoolVar(&cfg.InsecurePlaintext, "insecure-plaintext", false, "serve xDS without TLS on a TCP address other than loopback (labs only: anyone who reaches it gets any node's configuration)")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9103", "`HOST:PORT` serving /healthz, /readyz and /metrics (empty: off)")
 	fs.StringVar(&cfg.Source, "source", "", "where networks come from: `neutron`, netns or file (default: file when --networks-file is given, else neutron)")
 	fs.StringVar(&cfg.NetworksFile, "networks-file", "", "YAML or JSON `FILE` mapping node ids to networks (source file; re-read every poll)")
@@ -84,7 +106,10 @@ func newFlagSet(cfg *Config) *flag.FlagSet {
 	fs.StringVar(&cfg.Nova.ClientCert, "nova-client-cert", "", "override nova_client_cert: client certificate `FILE`")
 	fs.StringVar(&cfg.Nova.ClientKey, "nova-client-key", "", "override nova_client_priv_key: client key `FILE`")
 	fs.BoolVar(&cfg.Nova.Insecure, "nova-insecure", false, "override nova_metadata_insecure: do not verify nova's certificate")
-	fs.StringVar(&cfg.ExtProcAddress, "extproc-address", "unix:///run/metaproxy/extproc.sock", "where Envoy reaches cmd/extproc: unix:///`PATH` or HOST:PORT")
+	fs.StringVar(&cfg.ExtProcAddress, "extproc-address", "unix:///run/metaproxy/extproc.sock", "where Envoy reaches cmd/extproc: unix:///`PATH` or HOST:PORT (then mutual TLS: see --envoy-sds-dir)")
+	fs.StringVar(&cfg.EnvoySDSDir, "envoy-sds-dir", translate.DefaultSDSDir, "`DIR` on the Envoys' hosts with the SDS files of their client certificate and CA (`xds sds`), for a TCP --extproc-address")
+	fs.StringVar(&cfg.ExtProcServerName, "extproc-server-name", "", "subject alternative `NAME` (DNS or IP) of cmd/extproc's certificate, for a TCP --extproc-address (default: its host)")
+	fs.BoolVar(&cfg.ExtProcPlaintext, "extproc-plaintext", false, "send Envoy to a TCP --extproc-address without TLS (only a lab's `extproc --demo` serves plain TCP)")
 	fs.DurationVar(&cfg.MessageTimeout, "message-timeout", 5*time.Second, "ext_proc message_timeout: how long Envoy waits for cmd/extproc (a cache miss costs a Neutron round trip)")
 	fs.StringVar(&cfg.EnvoyTracingCollector, "envoy-tracing-collector", "", "turn on Envoy's OpenTelemetry tracing to the OTLP/gRPC collector at `HOST:PORT` (cluster otel_collector; empty: off)")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
@@ -116,9 +141,7 @@ func (c Config) SourceKind() string {
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("--listen %q: %v", c.Listen, err)
-	}
+	c.validateListen(bad)
 	if c.AdminListen != "" {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
 			bad("--admin-listen %q: %v", c.AdminListen, err)
@@ -173,6 +196,49 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// validateListen checks how the xDS listener is protected: mutual TLS, or plain text only on a
+// UNIX socket, on loopback, or with --insecure-plaintext.
+func (c Config) validateListen(bad func(string, ...any)) {
+	tlsGiven := c.TLS.Given()
+	if tlsGiven && (c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.ClientCA == "") {
+		bad("--tls-cert, --tls-key and --tls-client-ca go together: give all three")
+	}
+	if _, err := serve.ParseNodeBinding(c.NodeBinding); err != nil {
+		bad("--node-binding: %v", err)
+	}
+	if path, ok := strings.CutPrefix(c.Listen, "unix://"); ok {
+		if !filepath.IsAbs(path) {
+			bad("--listen %q: want unix:///absolute/path", c.Listen)
+		}
+		return
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		bad("--listen %q: want HOST:PORT or unix:///PATH: %v", c.Listen, err)
+		return
+	}
+	if !tlsGiven && !c.InsecurePlaintext && !isLoopback(host) {
+		bad("--listen %s without TLS: whoever reaches it could fetch any node's configuration and repoint its listeners: give --tls-cert, --tls-key and --tls-client-ca (mutual TLS; `xds bootstrap` writes the Envoy side), listen on a UNIX socket or loopback, or add --insecure-plaintext in a lab", c.Listen)
+	}
+}
+
+// isLoopback reports whether host is a loopback address or localhost.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// prepareTLS loads the TLS files (every problem at once), or returns nil without TLS.
+func (c Config) prepareTLS(log *slog.Logger) (*tlsfiles.Server, error) {
+	if c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.ClientCA == "" {
+		return nil, nil
+	}
+	return tlsfiles.NewServer(c.TLS, tlsfiles.Options{Flags: [3]string{"--tls-cert", "--tls-key", "--tls-client-ca"}, Log: log})
+}
+
 // Settings reads metadata_agent.ini (when given), applies the flag overrides and returns the
 // translation settings, validated.
 func (c Config) Settings() (translate.Settings, error) {
@@ -211,7 +277,8 @@ func (c Config) Settings() (translate.Settings, error) {
 			Hosts: translate.SplitHosts(n.Host), Port: n.Port, Protocol: n.Protocol,
 			CACert: n.CACert, ClientCert: n.ClientCert, ClientKey: n.ClientKey, Insecure: n.Insecure,
 		},
-		ExtProc:      translate.ExtProc{Address: c.ExtProcAddress, MessageTimeout: c.MessageTimeout},
+		ExtProc: translate.ExtProc{Address: c.ExtProcAddress, MessageTimeout: c.MessageTimeout, Plaintext: c.ExtProcPlaintext,
+			TLS: translate.EnvoyTLS{SDSDir: c.EnvoySDSDir, ServerName: c.ExtProcServerName}},
 		EnvoyTracing: translate.EnvoyTracing{Collector: c.EnvoyTracingCollector},
 		Timeouts: translate.Timeouts{
 			HTTPRequest: ini.Haproxy.HTTPRequest, Connect: ini.Haproxy.Connect, Client: ini.Haproxy.Client,

@@ -17,8 +17,12 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
+	"github.com/metaproxy/metaproxy/pkg/tlsfiles"
 	"github.com/metaproxy/metaproxy/pkg/version"
 	"github.com/metaproxy/metaproxy/pkg/xds/serve"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
@@ -27,6 +31,8 @@ import (
 
 const usageHead = `Usage: xds [flags]
        xds bootstrap [--node-id ID] [--xds-address HOST:PORT] [--admin-port N] [--api-type DELTA_GRPC|GRPC]
+                     [--sds-dir DIR] [--xds-server-name NAME] [--plaintext]
+       xds sds [--sds-dir DIR] [--cert FILE] [--key FILE] [--ca FILE]
 
 xds is metaproxy's xDS control plane. For every Envoy node it serves (ADS over gRPC, state of the
 world or delta, as the Envoy asks) one listener on 169.254.169.254:80 per Neutron network, bound in
@@ -51,6 +57,15 @@ Networks added or removed reach the Envoys within --poll-interval; if the source
 good configuration stays. A listener an Envoy rejects is pushed again after 1 s, 2 s, ... 30 s.
 Envoys older than 1.36.0 are refused.
 
+Security: only an authenticated Envoy gets configuration. With --tls-cert, --tls-key and
+--tls-client-ca xds serves mutual TLS, and --node-binding ties the node id a client may ask for to
+its certificate (dns: a DNS SAN equal to the node id), so a node can neither read another node's
+configuration nor invent node ids; refusals are logged and counted
+(metaproxy_xds_connections_refused_total). Without TLS, xds listens only on a UNIX socket or
+loopback (or anywhere with --insecure-plaintext, for labs). "xds bootstrap" writes the Envoy side:
+its client certificate and the CA come from the SDS files "xds sds" writes, which Envoy re-reads
+when they change. A TCP --extproc-address gets the same TLS from Envoy to cmd/extproc.
+
 Settings: nova's address and TLS, [metadata_rate_limiting] and [metadata_haproxy] timeouts are read
 from neutron's metadata_agent.ini (--metadata-agent-ini, neutron's defaults without it); --nova-*
 flags override it. Neutron is reached with --os-cloud (clouds.yaml), OS_CLOUD or the OS_* variables,
@@ -63,6 +78,9 @@ Flags:
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "bootstrap" {
 		return bootstrapMain(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "sds" {
+		return sdsMain(args[1:], stdout, stderr)
 	}
 	var cfg Config
 	fs := newFlagSet(&cfg)
@@ -83,21 +101,23 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q (the only subcommand is bootstrap)", fs.Args())
+		return fmt.Errorf("unexpected arguments %q (the subcommands are bootstrap and sds)", fs.Args())
 	}
 	recordSet(fs, &cfg)
-	if err := cfg.Validate(); err != nil {
+	verr := cfg.Validate()
+	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		log = slog.New(slog.NewTextHandler(stderr, nil)) // Validate says what is wrong with the level or format
+	}
+	tlsSrv, terr := cfg.prepareTLS(log)
+	if err := errors.Join(verr, terr); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	settings, err := cfg.Settings()
 	if err != nil {
 		return fmt.Errorf("invalid settings:\n%w", err)
 	}
-	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
-	if err != nil {
-		return err
-	}
-	return run(ctx, cfg, settings, log)
+	return run(ctx, cfg, settings, tlsSrv, log)
 }
 
 // errHelpShown is returned by parse after printing --help; Main turns it into success.
@@ -148,7 +168,7 @@ func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry
 	}
 }
 
-func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog.Logger) error {
+func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *tlsfiles.Server, log *slog.Logger) error {
 	shared, err := translate.NewShared(settings)
 	if err != nil {
 		return err
@@ -175,7 +195,11 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 		return fmt.Errorf("xds metrics: %w", err)
 	}
 
-	lis, err := net.Listen("tcp", cfg.Listen)
+	grpcOpts, err := serverSecurity(cfg, tlsSrv, tel, log)
+	if err != nil {
+		return err
+	}
+	lis, err := listen.Open(cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen for xds: %w", err)
 	}
@@ -187,7 +211,7 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, log *slog
 	running := 0
 	start := func(f func() error) { running++; go func() { errc <- f() }() }
 	start(func() error { return poller.Run(ctx) })
-	start(func() error { return serve.Serve(ctx, serve.NewGRPCServer(ctx, snaps, cb), lis, log) })
+	start(func() error { return serve.Serve(ctx, serve.NewGRPCServer(ctx, snaps, cb, grpcOpts...), lis, log) })
 	if cfg.AdminListen != "" {
 		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
 		adminLis, err := net.Listen("tcp", cfg.AdminListen)
@@ -224,7 +248,48 @@ const ServiceName = "metaproxy-xds"
 
 // MetricNames lists every metric family cmd/xds exports on /metrics besides the Go runtime's
 // (go_*) and the process's (process_*).
-func MetricNames() []string { return serve.MetricNames() }
+func MetricNames() []string { return append(serve.MetricNames(), MetricConnectionsRefused) }
+
+// MetricConnectionsRefused counts refused xDS clients: reason tls (a handshake without a valid
+// client certificate) or node_id (a request for a node id its certificate does not name).
+const MetricConnectionsRefused = "metaproxy_xds_connections_refused_total"
+
+// handshakeTimeout bounds a TLS handshake (gRPC's own default is 120 s).
+const handshakeTimeout = 10 * time.Second
+
+// serverSecurity returns the gRPC server options that protect the xDS listener: mutual TLS with
+// the node binding, or, without TLS, nothing (Validate allowed plain text: UNIX socket, loopback or
+// --insecure-plaintext, which is warned about).
+func serverSecurity(cfg Config, tlsSrv *tlsfiles.Server, tel *telemetry.Telemetry, log *slog.Logger) ([]grpc.ServerOption, error) {
+	refusals, err := listen.NewRefusals(log, tel.MeterProvider.Meter("github.com/metaproxy/metaproxy/pkg/xdscmd"), "metaproxy.xds.connections.refused")
+	if err != nil {
+		return nil, fmt.Errorf("refusal metrics: %w", err)
+	}
+	if tlsSrv == nil {
+		if cfg.InsecurePlaintext {
+			log.Warn("xDS in plain text (--insecure-plaintext): anyone who reaches the address gets any node's configuration; labs only", "listen", cfg.Listen)
+		} else {
+			log.Info("xDS in plain text on a UNIX socket or loopback: every local process that can connect gets any node's configuration", "listen", cfg.Listen)
+		}
+		return nil, nil
+	}
+	binding, err := serve.ParseNodeBinding(cfg.NodeBinding)
+	if err != nil {
+		return nil, err
+	}
+	creds := tlsSrv.Credentials(func(remote net.Addr, err error) {
+		host, _, _ := net.SplitHostPort(remote.String())
+		refusals.Refuse(host, listen.ReasonTLS, "xDS connection refused: TLS handshake failed", "remote", remote.String(), "error", err)
+	})
+	opts := []grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(handshakeTimeout)}
+	if binding.Binds() {
+		opts = append(opts, serve.NewNodeAuthorizer(binding, refusals).ServerOptions()...)
+	} else {
+		log.Warn("--node-binding none: any client certificate of --tls-client-ca may ask for any node's configuration")
+	}
+	log.Info("xDS over mutual TLS", "client_ca", cfg.TLS.ClientCA, "node_binding", binding.String())
+	return opts, nil
+}
 
 func tracingState(tel *telemetry.Telemetry) string {
 	if !tel.Tracing {
