@@ -153,4 +153,3 @@ func sdsMain(args []string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
-

@@ -235,4 +235,3 @@ func TestParseNodeBinding(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
