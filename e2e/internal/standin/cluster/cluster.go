@@ -6,20 +6,16 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpoptsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
@@ -47,8 +43,8 @@ type Config struct {
 	EDSServiceName string
 	// Endpoints are the cluster's addresses (for EDS clusters, filled from the assignment).
 	Endpoints []Endpoint
-	// TLS is the client TLS configuration, nil for plaintext.
-	TLS *tls.Config
+	// TLS is the upstream TLS context, nil for plaintext.
+	TLS *TLS
 	// HTTP2 says the upstream speaks HTTP/2 (h2c when plaintext).
 	HTTP2 bool
 }
@@ -168,148 +164,6 @@ func endpointOf(addr *corev3.Address) (Endpoint, error) {
 		return Endpoint{Network: "tcp", Address: net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10))}, nil
 	default:
 		return Endpoint{}, errors.New("endpoint address is neither socket_address nor pipe")
-	}
-}
-
-func parseTransportSocket(ts *corev3.TransportSocket) (*tls.Config, error) {
-	if ts.GetName() != "envoy.transport_sockets.tls" && ts.GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" {
-		return nil, fmt.Errorf("transport socket %q is not supported by the stand-in (only envoy.transport_sockets.tls)", ts.GetName())
-	}
-	var utc tlsv3.UpstreamTlsContext
-	if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
-		return nil, fmt.Errorf("transport socket %s: %w", ts.GetName(), err)
-	}
-	ctc := utc.GetCommonTlsContext()
-	cfg := &tls.Config{ServerName: utc.GetSni(), MinVersion: tls.VersionTLS12}
-	if len(ctc.GetTlsCertificateSdsSecretConfigs()) > 0 || ctc.GetValidationContextSdsSecretConfig() != nil {
-		return nil, errors.New("SDS secrets are not supported by the stand-in")
-	}
-	switch n := len(ctc.GetTlsCertificates()); {
-	case n > 1:
-		return nil, errors.New("more than one tls_certificate is not supported by the stand-in")
-	case n == 1:
-		tc := ctc.GetTlsCertificates()[0]
-		chain, err := readSource(tc.GetCertificateChain())
-		if err != nil {
-			return nil, fmt.Errorf("certificate_chain: %w", err)
-		}
-		key, err := readSource(tc.GetPrivateKey())
-		if err != nil {
-			return nil, fmt.Errorf("private_key: %w", err)
-		}
-		pair, err := tls.X509KeyPair(chain, key)
-		if err != nil {
-			return nil, fmt.Errorf("client certificate: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	}
-	//lint:ignore SA1019 rejected explicitly, as the stand-in does not implement it.
-	if ctc.GetCombinedValidationContext() != nil || ctc.GetValidationContextCertificateProvider() != nil {
-		return nil, errors.New("only validation_context is supported by the stand-in")
-	}
-	// Like Envoy: without a validation context the peer is not verified; with trusted_ca only the
-	// chain is verified (Envoy checks names only when match_typed_subject_alt_names is set).
-	cfg.InsecureSkipVerify = true
-	if vc := ctc.GetValidationContext(); vc != nil {
-		var pool *x509.CertPool // nil: system roots
-		switch {
-		case vc.GetTrustedCa() != nil:
-			pem, err := readSource(vc.GetTrustedCa())
-			if err != nil {
-				return nil, fmt.Errorf("trusted_ca: %w", err)
-			}
-			pool = x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, errors.New("trusted_ca: no PEM certificates")
-			}
-		case vc.GetSystemRootCerts() != nil:
-		default:
-			return nil, errors.New("validation_context needs trusted_ca or system_root_certs in the stand-in")
-		}
-		sans, err := sanMatchers(vc.GetMatchTypedSubjectAltNames())
-		if err != nil {
-			return nil, err
-		}
-		cfg.VerifyPeerCertificate = verifyChain(pool, sans)
-	}
-	if alpn := ctc.GetAlpnProtocols(); len(alpn) > 0 {
-		cfg.NextProtos = slices.Clone(alpn)
-	}
-	return cfg, nil
-}
-
-// sanMatcher is an exact subject-alt-name match (DNS or IP).
-type sanMatcher struct {
-	ip    bool
-	value string
-}
-
-func sanMatchers(in []*tlsv3.SubjectAltNameMatcher) ([]sanMatcher, error) {
-	var out []sanMatcher
-	for _, m := range in {
-		exact := m.GetMatcher().GetExact()
-		if exact == "" || m.GetMatcher().GetIgnoreCase() {
-			return nil, errors.New("only exact, case-sensitive subject alt name matchers are supported by the stand-in")
-		}
-		switch m.GetSanType() {
-		case tlsv3.SubjectAltNameMatcher_DNS:
-			out = append(out, sanMatcher{value: exact})
-		case tlsv3.SubjectAltNameMatcher_IP_ADDRESS:
-			ip := net.ParseIP(exact)
-			if ip == nil {
-				return nil, fmt.Errorf("subject alt name %q is not an IP address", exact)
-			}
-			out = append(out, sanMatcher{ip: true, value: ip.String()})
-		default:
-			return nil, fmt.Errorf("subject alt name type %s is not supported by the stand-in", m.GetSanType())
-		}
-	}
-	return out, nil
-}
-
-func (m sanMatcher) matches(c *x509.Certificate) bool {
-	if m.ip {
-		for _, ip := range c.IPAddresses {
-			if ip.String() == m.value {
-				return true
-			}
-		}
-		return false
-	}
-	return slices.Contains(c.DNSNames, m.value)
-}
-
-// verifyChain verifies the upstream chain against pool (nil: system roots) and, when sans is not
-// empty, requires the leaf to carry one of them (Envoy checks names only through these matchers).
-func verifyChain(pool *x509.CertPool, sans []sanMatcher) func([][]byte, [][]*x509.Certificate) error {
-	return func(raw [][]byte, _ [][]*x509.Certificate) error {
-		if len(raw) == 0 {
-			return errors.New("upstream sent no certificate")
-		}
-		certs := make([]*x509.Certificate, 0, len(raw))
-		for _, r := range raw {
-			c, err := x509.ParseCertificate(r)
-			if err != nil {
-				return fmt.Errorf("parse upstream certificate: %w", err)
-			}
-			certs = append(certs, c)
-		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter}); err != nil {
-			return err
-		}
-		if len(sans) == 0 {
-			return nil
-		}
-		for _, m := range sans {
-			if m.matches(certs[0]) {
-				return nil
-			}
-		}
-		return errors.New("upstream certificate matches none of match_typed_subject_alt_names")
 	}
 }
 

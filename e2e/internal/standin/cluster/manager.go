@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -32,7 +31,9 @@ type Upstream struct {
 	grpcErr  error
 }
 
-func newUpstream(cfg *Config) *Upstream {
+// NewUpstream returns the upstream of one cluster (the Manager makes those of CDS; the
+// bootstrap's static clusters are made directly).
+func NewUpstream(cfg *Config) *Upstream {
 	u := &Upstream{cfg: cfg}
 	t := &http.Transport{
 		Proxy:               nil,
@@ -92,7 +93,12 @@ func (u *Upstream) dialTLS(ctx context.Context, network, addr string) (net.Conn,
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(c, u.cfg.TLS.Clone())
+	cfg, err := u.cfg.TLS.Config()
+	if err != nil {
+		c.Close()
+		return nil, &ConnectError{Err: fmt.Errorf("tls context: %w", err)}
+	}
+	tc := tls.Client(c, cfg)
 	hctx, cancel := context.WithTimeout(ctx, u.cfg.ConnectTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
@@ -103,26 +109,30 @@ func (u *Upstream) dialTLS(ctx context.Context, network, addr string) (net.Conn,
 }
 
 // GRPC returns the cluster's gRPC connection (Envoy gRPC client semantics: :authority is the
-// cluster name, endpoints round robin, HTTP/2 with or without TLS).
+// cluster name, endpoints round robin, HTTP/2 with or without TLS). The TLS handshake is the
+// cluster's own (dialTLS), not gRPC's credentials: those would offer ALPN h2 whatever the cluster
+// says, where Envoy offers exactly its alpn_protocols, and a gRPC server refuses a TLS connection
+// that negotiated none.
 func (u *Upstream) GRPC() (*grpc.ClientConn, error) {
 	u.grpcOnce.Do(func() {
-		creds := insecure.NewCredentials()
+		dial := u.dial
 		if u.cfg.TLS != nil {
-			creds = credentials.NewTLS(u.cfg.TLS.Clone())
+			dial = u.dialTLS
 		}
 		bc := backoff.DefaultConfig
 		bc.MaxDelay = time.Second
 		u.grpcConn, u.grpcErr = grpc.NewClient("passthrough:///"+u.cfg.Name,
-			grpc.WithTransportCredentials(creds),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithAuthority(u.cfg.Name),
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return u.dial(ctx, "", "") }),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx, "", "") }),
 			grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: u.cfg.ConnectTimeout}),
 		)
 	})
 	return u.grpcConn, u.grpcErr
 }
 
-func (u *Upstream) close() {
+// Close closes the upstream's connections.
+func (u *Upstream) Close() {
 	u.transport.CloseIdleConnections()
 	u.grpcOnce.Do(func() { u.grpcErr = errors.New("cluster removed") })
 	if u.grpcConn != nil {
@@ -153,7 +163,7 @@ func (m *Manager) Update(cfgs map[string]*Config, keys map[string]string) {
 			next[name] = old
 			continue
 		}
-		next[name] = newUpstream(cfg)
+		next[name] = NewUpstream(cfg)
 	}
 	for name, old := range m.ups {
 		if next[name] != old {
@@ -164,7 +174,7 @@ func (m *Manager) Update(cfgs map[string]*Config, keys map[string]string) {
 	m.key = keys
 	m.mu.Unlock()
 	for _, u := range stale {
-		u.close()
+		u.Close()
 	}
 }
 

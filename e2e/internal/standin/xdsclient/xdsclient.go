@@ -24,7 +24,6 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -48,10 +47,14 @@ type Applier interface {
 
 // Options configure a Client.
 type Options struct {
-	// Address is the control plane's gRPC address (host:port).
-	Address string
+	// Conn is the gRPC connection to the control plane (the bootstrap's ADS cluster); the caller
+	// closes it.
+	Conn grpc.ClientConnInterface
 	// NodeID and NodeCluster identify this data plane.
 	NodeID, NodeCluster string
+	// NodeOnFirstMessageOnly sends the node in the first request of each stream only (Envoy's
+	// set_node_on_first_message_only).
+	NodeOnFirstMessageOnly bool
 	// Delta selects the incremental protocol.
 	Delta bool
 	// Applier receives resources.
@@ -84,8 +87,8 @@ type typeState struct {
 // New returns a Client.
 func New(o Options) (*Client, error) {
 	var errs []error
-	if o.Address == "" {
-		errs = append(errs, errors.New("xds address is required"))
+	if o.Conn == nil {
+		errs = append(errs, errors.New("xds connection is required"))
 	}
 	if o.NodeID == "" {
 		errs = append(errs, errors.New("node id is required"))
@@ -126,12 +129,7 @@ func standinNode(id, cluster string) *corev3.Node {
 
 // Run connects and serves the stream until ctx is done, reconnecting after failures.
 func (c *Client) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(c.o.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("xds client for %s: %w", c.o.Address, err)
-	}
-	defer conn.Close()
-	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(c.o.Conn)
 	for {
 		var err error
 		if c.o.Delta {
@@ -148,6 +146,19 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(c.o.RetryInterval):
 		}
+	}
+}
+
+// nodeOnce returns the node to put in a stream's requests: every time, or with
+// NodeOnFirstMessageOnly only the first time it is called for the stream.
+func (c *Client) nodeOnce() func() *corev3.Node {
+	sent := false
+	return func() *corev3.Node {
+		if c.o.NodeOnFirstMessageOnly && sent {
+			return nil
+		}
+		sent = true
+		return c.node
 	}
 }
 
@@ -202,9 +213,10 @@ func (c *Client) runSotW(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		t.nonce = ""
 		t.subscribed = false
 	}
+	node := c.nodeOnce()
 	send := func(t *typeState, errDetail error) error {
 		req := &discoveryv3.DiscoveryRequest{
-			Node: c.node, TypeUrl: t.url, VersionInfo: t.version, ResponseNonce: t.nonce, ResourceNames: t.names,
+			Node: node(), TypeUrl: t.url, VersionInfo: t.version, ResponseNonce: t.nonce, ResourceNames: t.names,
 		}
 		if errDetail != nil {
 			req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: errDetail.Error()}
@@ -320,9 +332,10 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 	for _, t := range c.types {
 		t.subscribed = false
 	}
+	node := c.nodeOnce()
 	subscribe := func(t *typeState, sub, unsub []string) error {
 		req := &discoveryv3.DeltaDiscoveryRequest{
-			Node: c.node, TypeUrl: t.url, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub,
+			Node: node(), TypeUrl: t.url, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub,
 		}
 		if !t.subscribed && len(t.versions) > 0 {
 			req.InitialResourceVersions = maps.Clone(t.versions)
@@ -407,7 +420,7 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 		if perr == nil {
 			perr = c.apply(t, next)
 		}
-		ack := &discoveryv3.DeltaDiscoveryRequest{Node: c.node, TypeUrl: t.url, ResponseNonce: resp.GetNonce()}
+		ack := &discoveryv3.DeltaDiscoveryRequest{Node: node(), TypeUrl: t.url, ResponseNonce: resp.GetNonce()}
 		if perr != nil {
 			c.o.Log.Warn("xds NACK", "type", t.url, "nonce", resp.GetNonce(), "error", perr)
 			ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: perr.Error()}
