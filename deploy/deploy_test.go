@@ -869,13 +869,16 @@ func parseEnvFile(t *testing.T, path string) map[string]string {
 }
 
 // execStartXDS runs metaproxy-xds.service's ExecStart line with its default source (this host's
-// namespaces, in an empty stand-in for /var/run/netns) and the sample metadata_agent.ini. The xDS
-// and admin ports are moved to free ones.
+// namespaces, in an empty stand-in for /var/run/netns), the sample metadata_agent.ini and the
+// certificates lab-ca.sh makes for this host: the node's certificate gets its configuration over
+// mutual TLS, and is refused another node's. The xDS and admin ports are moved to free ones.
 func execStartXDS(t *testing.T, bins map[string]string) {
 	u := parseUnit(t, "systemd/metaproxy-xds.service")
 	l := newLayout(t)
 	copyFile(t, "systemd/etc-metaproxy/metadata_agent.ini", filepath.Join(l.etc, "metadata_agent.ini"), nil)
 	copyFile(t, "systemd/etc-metaproxy/clouds.yaml.example", filepath.Join(l.creds, "clouds.yaml"), nil)
+	host, _ := os.Hostname()
+	tlsDir := installLabTLS(t, l.etc, host) // the unit's --node-id %H
 	admin, grpcAddr := freePort(t), freePort(t)
 	env := u.env()
 	argv := l.expand(t, u.one(t, "Service", "ExecStart"), env, bins,
@@ -884,14 +887,7 @@ func execStartXDS(t *testing.T, bins map[string]string) {
 	for k, v := range env {
 		procEnv[k] = strings.ReplaceAll(v, "%d", l.creds)
 	}
-	runUntilReady(t, argv, procEnv, admin, nil, func() {
-		c, err := net.Dial("tcp", grpcAddr)
-		if err != nil {
-			t.Errorf("xDS port %s: %v", grpcAddr, err)
-		} else {
-			c.Close()
-		}
-	})
+	runUntilReady(t, argv, procEnv, admin, nil, func() { checkNodeBinding(t, grpcAddr, tlsDir, host) })
 }
 
 // ---------------------------------------------------------------------------------------------

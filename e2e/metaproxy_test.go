@@ -11,9 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"github.com/metaproxy/metaproxy/e2e/internal/clients"
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
 	"github.com/metaproxy/metaproxy/e2e/internal/vmnet"
+	"github.com/metaproxy/metaproxy/pkg/listen/listentest"
 )
 
 const (
@@ -46,8 +45,10 @@ type env struct {
 	ini      string
 
 	extproc, xds, dataplane *proc
-	extprocArgs             []string
+	extprocArgs, xdsArgs    []string
 	extprocAdmin, dpAdmin   string
+	extprocSock, xdsAddr    string
+	pki                     *labPKI
 
 	nets map[string]openstack.Network
 	nsNs map[string]*vmnet.Network
@@ -72,36 +73,30 @@ func setup(t *testing.T, ctx context.Context) *env {
 	// Configured as an operator would: neutron's metadata_agent.ini, a Neutron URL (noauth here).
 	e.ini = filepath.Join(e.dir, "metadata_agent.ini")
 	writeFile(t, e.ini, fmt.Sprintf("[DEFAULT]\nmetadata_proxy_shared_secret = %s\nnova_metadata_host = 127.0.0.1\nnova_metadata_port = %d\nnova_metadata_protocol = http\n", e2eSecret, e.recorder.port()))
-	sock := filepath.Join(e.dir, "extproc.sock")
+	// The secure defaults: cmd/extproc on a UNIX socket with the peer check (default allow-list:
+	// root, which the data plane runs as here), cmd/xds over mutual TLS with the node's own
+	// certificate, the data plane configured from `xds bootstrap` alone.
+	// The socket's directory is open to every user, as /run/metaproxy is: its own mode (0660) and
+	// the peer check are what keep others out (scenario 7 tries).
+	e.extprocSock = filepath.Join(listentest.SharedDir(t), "extproc.sock")
 	e.extprocAdmin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	e.extprocArgs = []string{filepath.Join(e.bin, "extproc"), "--listen", "unix://" + sock, "--admin-listen", e.extprocAdmin,
+	e.extprocArgs = []string{filepath.Join(e.bin, "extproc"), "--listen", "unix://" + e.extprocSock, "--admin-listen", e.extprocAdmin,
 		"--neutron-url", cloud.NeutronURL(), "--metadata-agent-ini", e.ini, "--log-format", "json"}
 	e.extproc = startProc(t, e.dir, "extproc", nil, e.extprocArgs...)
 	eventually(t, 30*time.Second, "extproc ready", func() error { return ready("http://" + e.extprocAdmin + "/readyz") })
 
-	xdsPort := freePort(t)
+	e.pki = newLabPKI(t, e.dir, e.bin, nodeID)
+	e.xdsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	xdsAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	e.xds = startProc(t, e.dir, "xds", nil, filepath.Join(e.bin, "xds"), "--listen", fmt.Sprintf("127.0.0.1:%d", xdsPort), "--admin-listen", xdsAdmin,
+	e.xdsArgs = append([]string{filepath.Join(e.bin, "xds"), "--listen", e.xdsAddr, "--admin-listen", xdsAdmin,
 		"--source", "neutron", "--neutron-mode", "all", "--node-id", nodeID, "--neutron-url", cloud.NeutronURL(),
-		"--metadata-agent-ini", e.ini, "--extproc-address", "unix://"+sock, "--poll-interval", "1s")
+		"--metadata-agent-ini", e.ini, "--extproc-address", "unix://" + e.extprocSock, "--poll-interval", "1s"}, e.pki.xdsArgs()...)
+	e.xds = startProc(t, e.dir, "xds", nil, e.xdsArgs...)
 	eventually(t, 30*time.Second, "xds ready", func() error { return ready("http://" + xdsAdmin + "/readyz") })
 
 	dpAdminPort := freePort(t)
 	e.dpAdmin = fmt.Sprintf("127.0.0.1:%d", dpAdminPort)
-	if envoy := os.Getenv("ENVOY_BIN"); envoy != "" {
-		boot := filepath.Join(e.dir, "envoy.yaml")
-		out, err := exec.Command(filepath.Join(e.bin, "xds"), "bootstrap", "--node-id", nodeID, "--xds-address", fmt.Sprintf("127.0.0.1:%d", xdsPort), "--admin-port", strconv.Itoa(dpAdminPort)).Output()
-		if err != nil {
-			t.Fatalf("xds bootstrap: %v", err)
-		}
-		writeFile(t, boot, string(out))
-		e.dataplane = startProc(t, e.dir, "envoy", nil, envoy, "-c", boot, "--base-id", strconv.Itoa(dpAdminPort))
-		t.Logf("data plane: Envoy (%s)", envoy)
-	} else {
-		e.dataplane = startProc(t, e.dir, "standin", nil, filepath.Join(e.bin, "standin"), "--xds", fmt.Sprintf("127.0.0.1:%d", xdsPort),
-			"--node-id", nodeID, "--delta", "--admin", e.dpAdmin)
-		t.Logf("data plane: the test-only Envoy stand-in (set ENVOY_BIN to use Envoy)")
-	}
+	e.dataplane = startDataPlane(t, e.dir, e.bin, e.pki, e.xdsAddr, dpAdminPort)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range []*proc{e.extproc, e.xds, e.dataplane} {
@@ -430,6 +425,10 @@ func TestMetadataPath(t *testing.T) {
 			return nil
 		})
 	})
+
+	t.Run("7_only_the_nodes_envoy_gets_signatures", func(t *testing.T) { onlyTheNodesEnvoyGetsSignatures(t, e) })
+	t.Run("8_only_an_authenticated_envoy_gets_configuration", func(t *testing.T) { onlyAnAuthenticatedEnvoyGetsConfiguration(t, e) })
+	t.Run("9_extproc_on_TCP_with_mutual_TLS", func(t *testing.T) { extprocOverTCPWithMutualTLS(t, e) })
 
 	t.Run("nova_never_received_an_unsigned_request", func(t *testing.T) {
 		all := e.recorder.all()

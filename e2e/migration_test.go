@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -354,28 +353,19 @@ func (m *migration) startMetaproxy(t *testing.T) {
 	m.extproc = startProc(t, m.dir, "extproc", nil, m.extprocArgs...)
 	eventually(t, 30*time.Second, "extproc ready", func() error { return ready("http://" + m.extprocAdmin + "/readyz") })
 
-	xdsPort := freePort(t)
+	m.pki = newLabPKI(t, m.dir, m.bin, nodeID)
+	m.xdsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	xdsAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	// The guide polls every 5 s; 1 s keeps the test short.
-	m.xds = startProc(t, m.dir, "xds", nil, filepath.Join(m.bin, "xds"), "--listen", fmt.Sprintf("127.0.0.1:%d", xdsPort), "--admin-listen", xdsAdmin,
-		"--node-id", nodeID, "--extproc-address", "unix://"+sock, "--metadata-agent-ini", m.ini,
-		"--source", "file", "--networks-file", m.networksFile, "--poll-interval", "1s")
+	m.xdsArgs = append([]string{filepath.Join(m.bin, "xds"), "--listen", m.xdsAddr, "--admin-listen", xdsAdmin,
+		"--node-id", nodeID, "--extproc-address", "unix://" + sock, "--metadata-agent-ini", m.ini,
+		"--source", "file", "--networks-file", m.networksFile, "--poll-interval", "1s"}, m.pki.xdsArgs()...)
+	m.xds = startProc(t, m.dir, "xds", nil, m.xdsArgs...)
 	eventually(t, 30*time.Second, "xds ready", func() error { return ready("http://" + xdsAdmin + "/readyz") })
 
 	dpAdminPort := freePort(t)
 	m.dpAdmin = fmt.Sprintf("127.0.0.1:%d", dpAdminPort)
-	if envoy := os.Getenv("ENVOY_BIN"); envoy != "" {
-		boot := filepath.Join(m.dir, "envoy.yaml")
-		out, err := exec.Command(filepath.Join(m.bin, "xds"), "bootstrap", "--node-id", nodeID, "--xds-address", fmt.Sprintf("127.0.0.1:%d", xdsPort), "--admin-port", strconv.Itoa(dpAdminPort)).Output()
-		if err != nil {
-			t.Fatalf("xds bootstrap: %v", err)
-		}
-		writeFile(t, boot, string(out))
-		m.dataplane = startProc(t, m.dir, "envoy", nil, envoy, "-c", boot, "--base-id", strconv.Itoa(dpAdminPort))
-	} else {
-		m.dataplane = startProc(t, m.dir, "standin", nil, filepath.Join(m.bin, "standin"), "--xds", fmt.Sprintf("127.0.0.1:%d", xdsPort),
-			"--node-id", nodeID, "--delta", "--admin", m.dpAdmin)
-	}
+	m.dataplane = startDataPlane(t, m.dir, m.bin, m.pki, m.xdsAddr, dpAdminPort)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range []*proc{m.extproc, m.xds, m.dataplane} {

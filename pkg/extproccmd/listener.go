@@ -37,8 +37,10 @@ func prepareListener(cfg Config, log *slog.Logger) (*listenerSecurity, error) {
 	s := &listenerSecurity{demo: cfg.Demo}
 	var errs []error
 	if listen.IsUnix(cfg.Listen) || cfg.Listen == listen.Systemd {
-		// The defaults name a user that exists only where deploy/systemd created it.
-		isDefault := slices.Equal(cfg.AllowedPeers, listen.DefaultPeers)
+		// The defaults name a user that exists only where deploy/systemd created it: a list of just
+		// those names (in any order) leaves out the ones this host lacks; any other list must
+		// resolve entirely.
+		isDefault := slices.Equal(slices.Sorted(slices.Values(cfg.AllowedPeers)), slices.Sorted(slices.Values(listen.DefaultPeers)))
 		peers, skipped, err := listen.ResolvePeers(cfg.AllowedPeers, isDefault)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--allowed-peers: %w", err))

@@ -32,7 +32,7 @@ import (
 const usageHead = `Usage: xds [flags]
        xds bootstrap [--node-id ID] [--xds-address HOST:PORT] [--admin-port N] [--api-type DELTA_GRPC|GRPC]
                      [--sds-dir DIR] [--xds-server-name NAME] [--plaintext]
-       xds sds [--sds-dir DIR] [--cert FILE] [--key FILE] [--ca FILE]
+       xds sds [--sds-dir DIR] [--cert FILE] [--key FILE] [--ca FILE] [--out DIR]
 
 xds is metaproxy's xDS control plane. For every Envoy node it serves (ADS over gRPC, state of the
 world or delta, as the Envoy asks) one listener on 169.254.169.254:80 per Neutron network, bound in

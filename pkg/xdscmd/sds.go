@@ -113,13 +113,15 @@ func sdsYAML(s *tlsv3.Secret) ([]byte, error) {
 	return buf.Bytes(), enc.Close()
 }
 
-// sdsMain implements `xds sds`: it writes the SDS files into --sds-dir, each through a temporary
+// sdsMain implements `xds sds`: it writes the SDS files into --sds-dir (or --out), each through a temporary
 // file renamed into place (which is also what makes a running Envoy read it again).
 func sdsMain(args []string, stdout, stderr io.Writer) error {
 	var o SDSOptions
+	var out string
 	fs := flag.NewFlagSet("xds sds", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.Dir, "sds-dir", translate.DefaultSDSDir, "`DIR` to write "+translate.EnvoyClientSDSFile+" and "+translate.EnvoyCASDSFile+" into (the bootstrap's --sds-dir)")
+	fs.StringVar(&o.Dir, "sds-dir", translate.DefaultSDSDir, "`DIR` of "+translate.EnvoyClientSDSFile+" and "+translate.EnvoyCASDSFile+" on the Envoy's host (the bootstrap's --sds-dir)")
+	fs.StringVar(&out, "out", "", "write the files into this `DIR` instead of --sds-dir (to prepare them elsewhere, e.g. for a Kubernetes ConfigMap)")
 	fs.StringVar(&o.Cert, "cert", "", "the node's client certificate chain `FILE` (PEM; default DIR/envoy.crt)")
 	fs.StringVar(&o.Key, "key", "", "its private key `FILE` (PEM; default DIR/envoy.key), in the same directory")
 	fs.StringVar(&o.CA, "ca", "", "CA bundle `FILE` that signed cmd/xds's and cmd/extproc's certificates (PEM; default DIR/ca.crt)")
@@ -140,8 +142,11 @@ func sdsMain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("sds: %w", err)
 	}
+	if out == "" {
+		out = o.Dir
+	}
 	for _, name := range slices.Sorted(maps.Keys(files)) {
-		b, p := files[name], filepath.Join(o.Dir, name)
+		b, p := files[name], filepath.Join(out, name)
 		tmp := p + ".tmp"
 		if err := os.WriteFile(tmp, b, 0o644); err != nil {
 			return fmt.Errorf("sds: %w", err)
