@@ -938,13 +938,13 @@ func TestCompose(t *testing.T) {
 		t.Errorf("envoy and extproc do not share /run/metaproxy")
 	}
 	// The secret comes from a file, never a flag value.
-	if sf, _ := flagValue(strs(extproc, "command"), "secret-file"); sf != "/run/secrets/shared-secret" || str(doc, "secrets", "shared-secret", "file") == "" {
+	if sf, _ := flagValue(strs(extproc, "command"), "secret-file"); sf != "/run/secrets/shared-secret" || str(doc, "secrets", "shared-secret", "environment") == "" {
 		t.Errorf("extproc --secret-file %q, want the compose secret /run/secrets/shared-secret", sf)
 	}
 
 	// Envoy's bootstrap is `xds bootstrap` for node "compose" and the xds service, and the node
 	// and network the demo serves exist in the networks file and the demo ports.
-	checkGeneratedBootstrap(t, "compose/envoy.yaml", xdscmd.BootstrapOptions{NodeID: "compose", XDSAddress: "xds:18000", AdminPort: 9901, APIType: "DELTA_GRPC"})
+	checkGeneratedBootstrap(t, "compose/envoy.yaml", xdscmd.BootstrapOptions{NodeID: "compose", XDSAddress: "unix:///run/metaproxy/xds.sock", AdminPort: 9901, APIType: "DELTA_GRPC", Plaintext: true})
 	if node, _ := flagValue(strs(envoy, "command"), "service-node"); node != "compose" {
 		t.Errorf("envoy --service-node %q, want compose", node)
 	}
@@ -1153,7 +1153,7 @@ func TestKubernetes(t *testing.T) {
 		svc := objs["Service/metaproxy-xds"]
 		xdsPort, _ := get(svc, "spec", "ports", 0, "port").(int)
 		checkGeneratedBootstrap(t, filepath.Join("kubernetes", file), xdscmd.BootstrapOptions{NodeID: "set-by-service-node",
-			XDSAddress: fmt.Sprintf("metaproxy-xds.metaproxy.svc.cluster.local:%d", xdsPort), AdminPort: 9901, APIType: "DELTA_GRPC"})
+			XDSAddress: fmt.Sprintf("metaproxy-xds.metaproxy.svc.cluster.local:%d", xdsPort), AdminPort: 9901, APIType: "DELTA_GRPC", SDSDir: "/etc/metaproxy/sds"})
 		if node, _ := flagValue(strs(envoy, "args"), "service-node"); node != "$(NODE_NAME)" {
 			t.Errorf("envoy --service-node %q, want the node name", node)
 		}

@@ -212,3 +212,113 @@ func checkNodeBinding(t *testing.T, addr, tlsDir, node string) {
 		t.Errorf("xds with the node's certificate asking for another node: %v, want PermissionDenied", err)
 	}
 }
+
+// TestKubernetesSecurity checks the security invariants of the Kubernetes manifests: cmd/xds
+// serves mutual TLS from cert-manager's Certificate, whose name is the one the Envoys check; the
+// Envoys' client certificate comes from another Certificate of the same CA through the SDS files
+// `xds sds` writes; extproc's peers are Envoy's user; secrets are readable by their reader only.
+func TestKubernetesSecurity(t *testing.T) {
+	objs, _ := loadKubernetes(t)
+	cert := func(name string) map[string]any {
+		c := objs["Certificate/"+name]
+		if c == nil {
+			t.Fatalf("no cert-manager Certificate/%s", name)
+		}
+		issuer := objs["Issuer/"+str(c, "spec", "issuerRef", "name")]
+		if issuer == nil || str(issuer, "spec", "ca", "secretName") != str(objs["Certificate/metaproxy-ca"], "spec", "secretName") {
+			t.Errorf("Certificate/%s is not issued by the metaproxy CA issuer", name)
+		}
+		return c
+	}
+	xdsCert, envoyCert := cert("metaproxy-xds"), cert("metaproxy-envoy")
+	if get(objs["Certificate/metaproxy-ca"], "spec", "isCA") != true {
+		t.Error("Certificate/metaproxy-ca is not a CA")
+	}
+	if !slices.Contains(strs(xdsCert, "spec", "usages"), "server auth") || !slices.Contains(strs(envoyCert, "spec", "usages"), "client auth") {
+		t.Error("the xds certificate must be for server auth, the Envoy one for client auth")
+	}
+	// secretFile checks that path, read by container c of pod, is key of the Secret of a Certificate.
+	secretFile := func(where string, pod, c any, path, secretName, key string) {
+		t.Helper()
+		v, k, ok := mountedFile(pod, c, path)
+		if !ok || str(v, "secret", "secretName") != secretName || k != key {
+			t.Errorf("%s reads %s, which is not key %s of Secret %s", where, path, key, secretName)
+		}
+		if mode, _ := get(v, "secret", "defaultMode").(int); mode&0o077 != 0 {
+			t.Errorf("%s: Secret %s mounted with mode %o, readable by others", where, secretName, mode)
+		}
+	}
+
+	dep := get(objs["Deployment/metaproxy-xds"], "spec", "template", "spec")
+	xds := container(t, dep, "xds")
+	args := strs(xds, "args")
+	for flag, key := range map[string]string{"tls-cert": "tls.crt", "tls-key": "tls.key", "tls-client-ca": "ca.crt"} {
+		v, _ := flagValue(args, flag)
+		secretFile("xds --"+flag, dep, xds, v, str(xdsCert, "spec", "secretName"), key)
+	}
+	if v, _ := flagValue(args, "node-binding"); v != "none" {
+		t.Errorf("xds --node-binding %q: the DaemonSet shares one certificate, so it must say none (README.md)", v)
+	}
+	if get(dep, "securityContext", "fsGroup") != get(dep, "securityContext", "runAsGroup") {
+		t.Error("xds: fsGroup must be its group, so that the key is readable by it alone")
+	}
+
+	ds := get(objs["DaemonSet/metaproxy-node"], "spec", "template", "spec")
+	envoy, extproc := container(t, ds, "envoy"), container(t, ds, "extproc")
+	files, err := xdscmd.SDSFiles(xdscmd.SDSOptions{Dir: "/etc/metaproxy/sds", Cert: "/etc/metaproxy/tls/tls.crt", Key: "/etc/metaproxy/tls/tls.key", CA: "/etc/metaproxy/tls/ca.crt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range files {
+		v, key, ok := mountedFile(ds, envoy, "/etc/metaproxy/sds/"+name)
+		if !ok || str(v, "configMap", "name") != "metaproxy-envoy-sds" || key != name {
+			t.Errorf("Envoy's %s is not from ConfigMap metaproxy-envoy-sds", name)
+		}
+		got, err := os.ReadFile(filepath.Join("kubernetes/envoy-sds", name))
+		if err != nil || string(got) != string(want) {
+			t.Errorf("kubernetes/envoy-sds/%s differs from `xds sds` for the pod's paths (%v)", name, err)
+		}
+	}
+	secretFile("envoy's client certificate", ds, envoy, "/etc/metaproxy/tls/tls.crt", str(envoyCert, "spec", "secretName"), "tls.crt")
+	secretFile("envoy's client key", ds, envoy, "/etc/metaproxy/tls/tls.key", str(envoyCert, "spec", "secretName"), "tls.key")
+	b := checkBootstrap(t, "kubernetes/envoy-bootstrap.yaml")
+	if !slices.Contains(strs(xdsCert, "spec", "dnsNames"), b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress()) {
+		t.Errorf("xds's certificate %v does not name the address Envoy's bootstrap checks", strs(xdsCert, "spec", "dnsNames"))
+	}
+	if peers, _ := flagValue(strs(extproc, "args"), "allowed-peers"); get(envoy, "securityContext", "runAsUser") != 0 || peers != "root" {
+		t.Errorf("extproc --allowed-peers %q, Envoy runs as %v: the peer check must allow exactly Envoy's user", peers, get(envoy, "securityContext", "runAsUser"))
+	}
+	if get(ds, "securityContext", "fsGroup") != get(extproc, "securityContext", "runAsGroup") {
+		t.Error("node pod: fsGroup must be extproc's group, so that the shared secret is readable by it alone")
+	}
+}
+
+// TestComposeSecurity checks the compose demo's secure modes: extproc on a UNIX socket whose
+// peers are Envoy's user, xds in plain text only on a UNIX socket no other service shares, the
+// shared secret copied in unreadable by others (an environment-sourced secret with uid and mode,
+// which compose honours; a file-sourced one keeps the host file's mode).
+func TestComposeSecurity(t *testing.T) {
+	doc := yamlDocs(t, "compose/compose.yaml")[0]
+	services, _ := doc["services"].(map[string]any)
+	envoy, extproc, xds := services["envoy"], services["extproc"], services["xds"]
+	if peers, _ := flagValue(strs(extproc, "command"), "allowed-peers"); peers != "root" || get(envoy, "environment", "ENVOY_UID") != "0" {
+		t.Errorf("extproc --allowed-peers %q: want exactly Envoy's user, root", peers)
+	}
+	listen, _ := flagValue(strs(xds, "command"), "listen")
+	if listen != "unix:///run/metaproxy/xds.sock" || !slices.Contains(strs(xds, "volumes"), "run-metaproxy:/run/metaproxy") {
+		t.Errorf("xds --listen %q: want the UNIX socket on the volume only Envoy and extproc share", listen)
+	}
+	for name, s := range services {
+		if slices.Contains(strs(s, "volumes"), "run-metaproxy:/run/metaproxy") && !slices.Contains([]string{"envoy", "extproc", "xds"}, name) {
+			t.Errorf("%s mounts the sockets' volume", name)
+		}
+	}
+	sec := list(extproc, "secrets")
+	if len(sec) != 1 || str(sec[0], "source") != "shared-secret" || str(sec[0], "uid") != "65532" || get(sec[0], "mode") != 0o400 {
+		t.Errorf("extproc's secret %v: want shared-secret, uid 65532, mode 0o400", sec)
+	}
+	env := parseEnvFile(t, "compose/.env")
+	if env[str(doc, "secrets", "shared-secret", "environment")] == "" {
+		t.Errorf("compose/.env does not set %s", str(doc, "secrets", "shared-secret", "environment"))
+	}
+}
