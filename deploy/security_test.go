@@ -137,8 +137,10 @@ func TestLabCA(t *testing.T) {
 		usage x509.ExtKeyUsage
 		check func(*x509.Certificate) bool
 	}{
-		"envoy":   {x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) bool { return slices.Equal(c.DNSNames, []string{"network-node-1"}) }},
-		"xds":     {x509.ExtKeyUsageServerAuth, func(c *x509.Certificate) bool { return len(c.IPAddresses) == 1 && c.IPAddresses[0].String() == "127.0.0.1" }},
+		"envoy": {x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) bool { return slices.Equal(c.DNSNames, []string{"network-node-1"}) }},
+		"xds": {x509.ExtKeyUsageServerAuth, func(c *x509.Certificate) bool {
+			return len(c.IPAddresses) == 1 && c.IPAddresses[0].String() == "127.0.0.1"
+		}},
 		"extproc": {x509.ExtKeyUsageServerAuth, func(c *x509.Certificate) bool { return len(c.IPAddresses) == 1 }},
 	} {
 		c := readCert(t, filepath.Join(dir, name+".crt"))
