@@ -223,18 +223,8 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.SDSDir, "sds-dir", translate.DefaultSDSDir, "`DIR` with the SDS files of the node's client certificate and the CA, as `xds sds` writes them")
 	fs.StringVar(&o.ServerName, "xds-server-name", "", "subject alternative `NAME` (DNS or IP) cmd/xds's certificate must carry (default: the host of --xds-address)")
 	fs.BoolVar(&o.Plaintext, "plaintext", false, "no TLS to cmd/xds: only for a cmd/xds on a UNIX socket or loopback without --tls-cert")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: xds bootstrap [flags]\n\nPrints the Envoy bootstrap YAML of a network node: ADS to cmd/xds over mutual TLS (unless --plaintext), admin on 127.0.0.1.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parse(fs, args, stdout); err != nil {
-		if errors.Is(err, errHelpShown) {
-			return nil
-		}
+	if done, err := parseSubcommand(fs, "bootstrap", "Usage: xds bootstrap [flags]\n\nPrints the Envoy bootstrap YAML of a network node: ADS to cmd/xds over mutual TLS (unless --plaintext), admin on 127.0.0.1.", args, stdout); done || err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("bootstrap: unexpected arguments %q", fs.Args())
 	}
 	out, err := Bootstrap(o)
 	if err != nil {

@@ -138,6 +138,25 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	return fs.Parse(args)
 }
 
+// parseSubcommand parses the flags of subcommand name (usage text head, then the flags): done
+// is true after --help, and arguments left over are an error.
+func parseSubcommand(fs *flag.FlagSet, name, head string, args []string, stdout io.Writer) (done bool, err error) {
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), head+"\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args, stdout); err != nil {
+		if errors.Is(err, errHelpShown) {
+			return true, nil
+		}
+		return false, err
+	}
+	if fs.NArg() > 0 {
+		return false, fmt.Errorf("%s: unexpected arguments %q", name, fs.Args())
+	}
+	return false, nil
+}
+
 // newSource builds the configured network source.
 // With tracing on, every Neutron request is a client span, child of the poll's source read.
 func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Telemetry) (source.Source, error) {

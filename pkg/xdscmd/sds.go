@@ -125,18 +125,8 @@ func sdsMain(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.Cert, "cert", "", "the node's client certificate chain `FILE` (PEM; default DIR/envoy.crt)")
 	fs.StringVar(&o.Key, "key", "", "its private key `FILE` (PEM; default DIR/envoy.key), in the same directory")
 	fs.StringVar(&o.CA, "ca", "", "CA bundle `FILE` that signed cmd/xds's and cmd/extproc's certificates (PEM; default DIR/ca.crt)")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: xds sds [flags]\n\nWrites the two SDS files from which Envoy reads its client certificate and the CA (file-based SDS,\nre-read by Envoy when the certificates are replaced): the bootstrap and the extproc cluster name them.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parse(fs, args, stdout); err != nil {
-		if errors.Is(err, errHelpShown) {
-			return nil
-		}
+	if done, err := parseSubcommand(fs, "sds", "Usage: xds sds [flags]\n\nWrites the two SDS files from which Envoy reads its client certificate and the CA (file-based SDS,\nre-read by Envoy when the certificates are replaced): the bootstrap and the extproc cluster name them.", args, stdout); done || err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("sds: unexpected arguments %q", fs.Args())
 	}
 	files, err := SDSFiles(o)
 	if err != nil {
