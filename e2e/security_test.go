@@ -287,11 +287,6 @@ func (e *env) restartXDS(t *testing.T, extra ...string) {
 	if err := e.xds.start(); err != nil {
 		t.Fatal(err)
 	}
-	adminFlag := ""
-	for i, a := range e.xdsArgs {
-		if a == "--admin-listen" && i+1 < len(e.xdsArgs) {
-			adminFlag = e.xdsArgs[i+1]
-		}
-	}
-	eventually(t, 30*time.Second, "xds ready again", func() error { return ready("http://" + adminFlag + "/readyz") })
+	admin := flagValue(e.xdsArgs, "--admin-listen")
+	eventually(t, 30*time.Second, "xds ready again", func() error { return ready("http://" + admin + "/readyz") })
 }

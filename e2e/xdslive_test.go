@@ -85,9 +85,9 @@ func TestXDSLiveness(t *testing.T) {
 		file := filepath.Join(e.dir, "networks.yaml")
 		writeFile(t, file, fmt.Sprintf("nodes:\n  %s:\n    - id: %s\n    - id: %s\n", nodeID, e.nets["net-a"].ID, late.ID))
 		e.xds.stop()
-		fileXDS := startProc(t, e.dir, "xds-file", nil, filepath.Join(e.bin, "xds"), "--listen", xdsListen, "--admin-listen", xdsAdmin,
+		fileXDS := startProc(t, e.dir, "xds-file", nil, append([]string{filepath.Join(e.bin, "xds"), "--listen", xdsListen, "--admin-listen", xdsAdmin,
 			"--networks-file", file, "--metadata-agent-ini", e.ini, "--extproc-address", flagValue(e.xds.argv, "--extproc-address"),
-			"--poll-interval", "1s")
+			"--poll-interval", "1s"}, e.pki.xdsArgs()...)...)
 		t.Cleanup(func() {
 			if t.Failed() {
 				t.Logf("---- xds-file log:\n%s", tail(fileXDS.logs(), 80))
