@@ -72,10 +72,7 @@ func (s *listenerSecurity) apply(l net.Listener, refusals *listen.Refusals, log 
 	case "tcp":
 		switch {
 		case s.tls != nil:
-			creds := s.tls.Credentials(func(remote net.Addr, err error) {
-				refusals.Refuse(hostOf(remote), listen.ReasonTLS, "connection refused: TLS handshake failed", "remote", remote.String(), "error", err)
-			})
-			return l, []grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(handshakeTimeout)}, nil
+			return l, []grpc.ServerOption{grpc.Creds(s.tls.Credentials(refusals.RefuseHandshake)), grpc.ConnectionTimeout(handshakeTimeout)}, nil
 		case s.demo:
 			log.Warn("ext_proc on plain-text TCP (--demo): anyone who can reach it gets signatures; never outside a demo", "listen", l.Addr().String())
 			return l, nil, nil
@@ -83,14 +80,6 @@ func (s *listenerSecurity) apply(l net.Listener, refusals *listen.Refusals, log 
 		return nil, nil, fmt.Errorf("systemd passed a TCP socket (%s): ext_proc on TCP is served only with mutual TLS: give --tls-cert, --tls-key and --tls-client-ca, or make the .socket unit's ListenStream= a path", l.Addr())
 	}
 	return nil, nil, fmt.Errorf("listener %s: unexpected network %q", l.Addr(), l.Addr().Network())
-}
-
-// hostOf names a TCP client by its address without the port (one log line per client host).
-func hostOf(a net.Addr) string {
-	if h, _, err := net.SplitHostPort(a.String()); err == nil {
-		return h
-	}
-	return a.String()
 }
 
 // newRefusals returns the refusal log and counter of cmd/extproc.

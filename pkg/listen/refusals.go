@@ -3,6 +3,7 @@ package listen
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -83,4 +84,14 @@ func (r *Refusals) Refuse(peer, reason, msg string, attrs ...any) {
 	pl.last, pl.suppressed = now, 0
 	r.mu.Unlock()
 	r.log.Warn(msg, append([]any{"peer", peer, "reason", reason, "refused_since_last_line", suppressed}, attrs...)...)
+}
+
+// RefuseHandshake records a failed TLS handshake from remote: a refusal for reason tls, logged
+// once per client host (tlsfiles.Server.Credentials reports to it).
+func (r *Refusals) RefuseHandshake(remote net.Addr, err error) {
+	host := remote.String()
+	if h, _, serr := net.SplitHostPort(host); serr == nil {
+		host = h
+	}
+	r.Refuse(host, ReasonTLS, "connection refused: TLS handshake failed", "remote", remote.String(), "error", err)
 }

@@ -296,11 +296,7 @@ func serverSecurity(cfg Config, tlsSrv *tlsfiles.Server, tel *telemetry.Telemetr
 	if err != nil {
 		return nil, err
 	}
-	creds := tlsSrv.Credentials(func(remote net.Addr, err error) {
-		host, _, _ := net.SplitHostPort(remote.String())
-		refusals.Refuse(host, listen.ReasonTLS, "xDS connection refused: TLS handshake failed", "remote", remote.String(), "error", err)
-	})
-	opts := []grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(handshakeTimeout)}
+	opts := []grpc.ServerOption{grpc.Creds(tlsSrv.Credentials(refusals.RefuseHandshake)), grpc.ConnectionTimeout(handshakeTimeout)}
 	if binding.Binds() {
 		opts = append(opts, serve.NewNodeAuthorizer(binding, refusals).ServerOptions()...)
 	} else {
