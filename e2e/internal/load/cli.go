@@ -36,6 +36,12 @@ Usage:
   loadgen upstream --listen 127.0.0.1:PORT       trivial fast upstream in place of nova
   loadgen neutron-counter --listen ADDR --upstream URL
       reverse proxy in front of Neutron counting port lookups (` + CounterPath + `)
+  loadgen xds      --nodes 1000 --networks 100 [--mode sotw|delta] [--agents-per-network 1] [--ipv6]
+                   [--xds-bin bin/xds] [--xds-arg ARG]... [--poll-interval 1s] [--timeout 1m]
+                   [--connect-after-ready] [--tls-ca F [--tls-cert F --tls-key F]] [--json]
+      starts cmd/xds on a generated networks file (loopback), connects one Envoy-like ADS client
+      per node, measures time to full config per node, then adds one network to every node and
+      measures the time from the poll that saw it; NACKs, resources sent, cmd/xds RSS and CPU.
   loadgen gen-ports --ports 100000 --networks 100 --out FILE
   loadgen gen-networks --networks 10000 --node NODE --out FILE
 `
@@ -94,6 +100,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stderr, "neutron counter on %s -> %s (count at %s)\n", l.Addr(), *upstream, CounterPath)
 		return ServeHTTPOn(ctx, l, nc)
+	case "xds":
+		return runXDSCmd(ctx, fs, rest, stdout, stderr)
 	case "gen-ports":
 		n := fs.Int("ports", 100000, "VM ports")
 		nets := fs.Int("networks", 100, "networks they are spread over")
