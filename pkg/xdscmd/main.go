@@ -183,6 +183,7 @@ func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry
 		return source.NewNeutron(client, source.NeutronOptions{
 			Mode: source.NeutronMode(cfg.NeutronMode), NodeID: cfg.NodeID,
 			Networks: true, Routers: cfg.Routers, NetnsDir: cfg.NetnsDir, LocalNamespaces: local,
+			MeterProvider: tel.MeterProvider, Log: log.With("source", "neutron"),
 		})
 	}
 }
@@ -266,8 +267,10 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 const ServiceName = "metaproxy-xds"
 
 // MetricNames lists every metric family cmd/xds exports on /metrics besides the Go runtime's
-// (go_*) and the process's (process_*).
-func MetricNames() []string { return append(serve.MetricNames(), MetricConnectionsRefused) }
+// (go_*) and the process's (process_*); the source's exist with --source neutron only.
+func MetricNames() []string {
+	return append(append(serve.MetricNames(), MetricConnectionsRefused), source.NeutronMetricNames()...)
+}
 
 // MetricConnectionsRefused counts refused xDS clients: reason tls (a handshake without a valid
 // client certificate) or node_id (a request for a node id its certificate does not name).

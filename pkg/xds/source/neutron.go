@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 
 	"github.com/gophercloud/gophercloud/v2"
-	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/agents"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/layer3/routers"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/subnets"
+	"github.com/gophercloud/gophercloud/v2/pagination"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
@@ -26,12 +29,6 @@ const (
 	ModeAll NeutronMode = "all"
 )
 
-// Neutron agent types as Neutron reports them in agent_type.
-const (
-	agentTypeDHCP = "DHCP agent"
-	agentTypeL3   = "L3 agent"
-)
-
 // NeutronOptions configure the Neutron source.
 type NeutronOptions struct {
 	// Mode is ModeAgents (default) or ModeAll.
@@ -46,13 +43,26 @@ type NeutronOptions struct {
 	// LocalNamespaces, in ModeAll, says the namespaces live on this host (xds runs on the one node
 	// that serves everything): see keepLocal.
 	LocalNamespaces bool
+	// PageSize, when positive, asks Neutron for the agents and ports listings of agents mode in
+	// pages of that many (the limit parameter); zero leaves it to Neutron (all at once unless its
+	// pagination_max_limit is set). Pages are followed either way.
+	PageSize int
+	// MeterProvider receives the source's request metrics (NeutronMetricNames); nil: none.
+	MeterProvider metric.MeterProvider
+	// Log receives what the source notices about Neutron's answers; nil: nothing.
+	Log *slog.Logger
 }
 
 // Neutron asks Neutron which networks and routers each node serves.
 type Neutron struct {
-	client *gophercloud.ServiceClient
-	opts   NeutronOptions
-	gens   generations // of the local namespaces (LocalNamespaces)
+	client  *gophercloud.ServiceClient
+	opts    NeutronOptions
+	gens    generations // of the local namespaces (LocalNamespaces)
+	metrics *requestMetrics
+	log     *slog.Logger
+
+	mu        sync.Mutex // one poll at a time: agents mode carries what it learnt to the next poll
+	scheduled scheduling
 }
 
 var _ Source = (*Neutron)(nil)
@@ -74,19 +84,33 @@ func NewNeutron(client *gophercloud.ServiceClient, opts NeutronOptions) (*Neutro
 		return nil, errors.New("neutron source: mode all needs a node id")
 	case !opts.Networks && !opts.Routers:
 		return nil, errors.New("neutron source: neither networks nor routers selected")
+	case opts.PageSize < 0:
+		return nil, fmt.Errorf("neutron source: page size %d: want 0 (Neutron's choice) or more", opts.PageSize)
 	}
-	return &Neutron{client: client, opts: opts}, nil
+	m, err := newRequestMetrics(opts.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("neutron source metrics: %w", err)
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Neutron{client: client, opts: opts, metrics: m, log: log}, nil
 }
 
 // Networks implements Source.
 func (n *Neutron) Networks(ctx context.Context) (Nodes, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	nodes := Nodes{}
+	calls := requests{}
 	var err error
 	if n.opts.Mode == ModeAll {
-		err = n.all(ctx, nodes)
+		err = n.all(ctx, nodes, calls)
 	} else {
-		err = n.agents(ctx, nodes)
+		err = n.agents(ctx, nodes, calls)
 	}
+	n.metrics.record(ctx, calls)
 	if err != nil {
 		return nil, err
 	}
@@ -100,88 +124,66 @@ func (n *Neutron) add(nodes Nodes, node string, kind resolve.Kind, id string) {
 	nodes[node] = append(nodes[node], Network{Kind: kind, ID: id, NamespacePath: NamespacePath(n.opts.NetnsDir, kind, id)})
 }
 
-func (n *Neutron) agents(ctx context.Context, nodes Nodes) error {
-	if n.opts.Networks {
-		dhcp, err := n.listAgents(ctx, agentTypeDHCP)
-		if err != nil {
-			return err
-		}
-		for _, a := range dhcp {
-			nets, err := agents.ListDHCPNetworks(ctx, n.client, a.ID).Extract()
-			if err != nil {
-				return fmt.Errorf("list networks of DHCP agent %s on %s: %w", a.ID, a.Host, err)
-			}
-			if _, ok := nodes[a.Host]; !ok {
-				nodes[a.Host] = nil
-			}
-			for _, net := range nets {
-				n.add(nodes, a.Host, resolve.KindNetwork, net.ID)
-			}
-		}
-	}
-	if n.opts.Routers {
-		l3, err := n.listAgents(ctx, agentTypeL3)
-		if err != nil {
-			return err
-		}
-		for _, a := range l3 {
-			rs, err := agents.ListL3Routers(ctx, n.client, a.ID).Extract()
-			if err != nil {
-				return fmt.Errorf("list routers of L3 agent %s on %s: %w", a.ID, a.Host, err)
-			}
-			if _, ok := nodes[a.Host]; !ok {
-				nodes[a.Host] = nil
-			}
-			for _, r := range rs {
-				n.add(nodes, a.Host, resolve.KindRouter, r.ID)
-			}
-		}
-	}
-	return nil
+// counted makes every page the pager fetches count as one request to endpoint.
+func counted(p pagination.Pager, calls requests, endpoint string, page func(pagination.LinkedPageBase) pagination.Page) pagination.Pager {
+	return p.WithPageCreator(func(r pagination.PageResult) pagination.Page {
+		calls[endpoint]++
+		return page(pagination.LinkedPageBase{PageResult: r})
+	})
 }
 
-func (n *Neutron) listAgents(ctx context.Context, agentType string) ([]agents.Agent, error) {
-	pages, err := agents.List(n.client, agents.ListOpts{AgentType: agentType}).AllPages(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list %ss: %w", agentType, err)
+// eachPage runs fn on every page of p (made with counted); a request that failed, which makes no
+// page, counts too.
+func eachPage(ctx context.Context, p pagination.Pager, calls requests, endpoint string, fn func(pagination.Page) error) error {
+	var fnErr error
+	err := p.EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
+		fnErr = fn(page)
+		return fnErr == nil, fnErr
+	})
+	if err != nil && fnErr == nil {
+		calls[endpoint]++
 	}
-	all, err := agents.ExtractAgents(pages)
-	if err != nil {
-		return nil, fmt.Errorf("decode %ss: %w", agentType, err)
-	}
-	return all, nil
+	return err
 }
 
-func (n *Neutron) all(ctx context.Context, nodes Nodes) error {
+func (n *Neutron) all(ctx context.Context, nodes Nodes, calls requests) error {
 	node := n.opts.NodeID
 	nodes[node] = nil
 	if n.opts.Networks {
 		enabled := true
-		pages, err := subnets.List(n.client, subnets.ListOpts{EnableDHCP: &enabled}).AllPages(ctx)
+		pages := counted(subnets.List(n.client, subnets.ListOpts{EnableDHCP: &enabled}), calls, EndpointSubnets,
+			func(b pagination.LinkedPageBase) pagination.Page { return subnets.SubnetPage{LinkedPageBase: b} })
+		err := eachPage(ctx, pages, calls, EndpointSubnets, func(p pagination.Page) error {
+			subs, err := subnets.ExtractSubnets(p)
+			if err != nil {
+				return fmt.Errorf("decode subnets: %w", err)
+			}
+			for _, s := range subs {
+				if s.EnableDHCP {
+					n.add(nodes, node, resolve.KindNetwork, s.NetworkID)
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return fmt.Errorf("list DHCP-enabled subnets: %w", err)
 		}
-		subs, err := subnets.ExtractSubnets(pages)
-		if err != nil {
-			return fmt.Errorf("decode subnets: %w", err)
-		}
-		for _, s := range subs {
-			if s.EnableDHCP {
-				n.add(nodes, node, resolve.KindNetwork, s.NetworkID)
-			}
-		}
 	}
 	if n.opts.Routers {
-		pages, err := routers.List(n.client, routers.ListOpts{}).AllPages(ctx)
+		pages := counted(routers.List(n.client, routers.ListOpts{}), calls, EndpointRouters,
+			func(b pagination.LinkedPageBase) pagination.Page { return routers.RouterPage{LinkedPageBase: b} })
+		err := eachPage(ctx, pages, calls, EndpointRouters, func(p pagination.Page) error {
+			rs, err := routers.ExtractRouters(p)
+			if err != nil {
+				return fmt.Errorf("decode routers: %w", err)
+			}
+			for _, r := range rs {
+				n.add(nodes, node, resolve.KindRouter, r.ID)
+			}
+			return nil
+		})
 		if err != nil {
 			return fmt.Errorf("list routers: %w", err)
-		}
-		rs, err := routers.ExtractRouters(pages)
-		if err != nil {
-			return fmt.Errorf("decode routers: %w", err)
-		}
-		for _, r := range rs {
-			n.add(nodes, node, resolve.KindRouter, r.ID)
 		}
 	}
 	if n.opts.LocalNamespaces {

@@ -2,9 +2,6 @@ package source
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,69 +28,38 @@ func rt(id string) Network {
 	return Network{Kind: resolve.KindRouter, ID: id, NamespacePath: "/var/run/netns/qrouter-" + id}
 }
 
-// fakeNeutron answers the Neutron API calls the source makes, like neutron-server does.
+// fakeNeutron is a neutron-server with three DHCP agents (compute-1 hosting networks A and B,
+// compute-2 dead but still hosting A, compute-3 hosting nothing) and an L3 agent on compute-1
+// hosting router A, all set up by their agents; two subnets of A and one of B with DHCP, and
+// router A. fail, when set, makes every request fail.
 func fakeNeutron(t *testing.T, fail *atomic.Bool) *gophercloud.ServiceClient {
 	t.Helper()
-	reply := func(w http.ResponseWriter, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		if err := json.NewEncoder(w).Encode(v); err != nil {
-			t.Error(err)
+	return standardCloud(fail).client(t)
+}
+
+func standardCloud(fail *atomic.Bool) *fakeCloud {
+	c := newFakeCloud()
+	c.fail = fail
+	d1, d2 := c.register(dhcpAgents.agentType, "compute-1"), c.register(dhcpAgents.agentType, "compute-2")
+	c.register(dhcpAgents.agentType, "compute-3")
+	for agent, nets := range map[string][]string{d1: {netB, netA}, d2: {netA}} {
+		for _, n := range nets {
+			c.bind(agent, n)
+			c.dhcpSetsUp(agent, n)
 		}
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v2.0/agents", func(w http.ResponseWriter, r *http.Request) {
-		if fail != nil && fail.Load() {
-			http.Error(w, `{"NeutronError": {"message": "unavailable"}}`, http.StatusServiceUnavailable)
-			return
-		}
-		var agents []map[string]any
-		switch r.URL.Query().Get("agent_type") {
-		case "DHCP agent":
-			agents = []map[string]any{
-				{"id": "dhcp-1", "agent_type": "DHCP agent", "host": "compute-1", "alive": true},
-				{"id": "dhcp-2", "agent_type": "DHCP agent", "host": "compute-2", "alive": false},
-				{"id": "dhcp-3", "agent_type": "DHCP agent", "host": "compute-3", "alive": true},
-			}
-		case "L3 agent":
-			agents = []map[string]any{{"id": "l3-1", "agent_type": "L3 agent", "host": "compute-1", "alive": true}}
-		default:
-			t.Errorf("unexpected agent_type filter %q", r.URL.Query().Get("agent_type"))
-		}
-		reply(w, map[string]any{"agents": agents})
-	})
-	dhcp := map[string][]string{"dhcp-1": {netB, netA}, "dhcp-2": {netA}, "dhcp-3": {}}
-	for agent, ids := range dhcp {
-		mux.HandleFunc("GET /v2.0/agents/"+agent+"/dhcp-networks", func(w http.ResponseWriter, r *http.Request) {
-			nets := []map[string]any{}
-			for _, id := range ids {
-				nets = append(nets, map[string]any{"id": id, "name": "net-" + id[:4]})
-			}
-			reply(w, map[string]any{"networks": nets})
-		})
+	c.kill(d2)
+	l3 := c.register(l3Agents.agentType, "compute-1")
+	c.addRouterPort(routerA, "network:router_interface", netA)
+	c.bind(l3, routerA)
+	c.l3Syncs(l3, routerA)
+	c.subnets = []map[string]any{
+		{"id": "s1", "network_id": netA, "enable_dhcp": true},
+		{"id": "s2", "network_id": netA, "enable_dhcp": true},
+		{"id": "s3", "network_id": netB, "enable_dhcp": true},
 	}
-	mux.HandleFunc("GET /v2.0/agents/l3-1/l3-routers", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, map[string]any{"routers": []map[string]any{{"id": routerA, "name": "r1"}}})
-	})
-	mux.HandleFunc("GET /v2.0/subnets", func(w http.ResponseWriter, r *http.Request) {
-		if got := r.URL.Query().Get("enable_dhcp"); got != "true" {
-			t.Errorf("subnets listed with enable_dhcp=%q, want true", got)
-		}
-		reply(w, map[string]any{"subnets": []map[string]any{
-			{"id": "s1", "network_id": netA, "enable_dhcp": true},
-			{"id": "s2", "network_id": netA, "enable_dhcp": true},
-			{"id": "s3", "network_id": netB, "enable_dhcp": true},
-		}})
-	})
-	mux.HandleFunc("GET /v2.0/routers", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, map[string]any{"routers": []map[string]any{{"id": routerA}}})
-	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return &gophercloud.ServiceClient{
-		ProviderClient: &gophercloud.ProviderClient{HTTPClient: *srv.Client()},
-		Endpoint:       srv.URL + "/",
-		ResourceBase:   srv.URL + "/v2.0/",
-	}
+	c.routers = []string{routerA}
+	return c
 }
 
 func TestNeutron(t *testing.T) {
