@@ -5,7 +5,8 @@
 # Env: ENVOY_BIN (measure the real Envoy instead of the e2e stand-in), BENCH_DURATION (10s),
 # BENCH_CONCURRENCY (10), BENCH_STORM_VMS (20), BENCH_RATES (open-loop ext_proc rates, 1000,4000),
 # BENCH_TIME (Go benchtime, 1s), BENCH_SKIP_GO=1,
-# BENCH_SKIP_SIDE=1, OUT (bench-results).
+# BENCH_SKIP_SIDE=1, BENCH_SKIP_XDS=1, BENCH_XDS_NODES (1000), BENCH_XDS_NETWORKS (100),
+# BENCH_XDS_MODES ("sotw delta"), OUT (bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GO=${GO:-go}
@@ -22,6 +23,18 @@ if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
     -bench 'BenchmarkDecideHit|BenchmarkEncode|BenchmarkLookupHit|BenchmarkLookupMissCoalesced|BenchmarkSign|BenchmarkHeaderMutation|BenchmarkSnapshot10kNetworks' \
     ./pkg/decide ./pkg/answercache ./pkg/sign ./pkg/xds/serve ./e2e/internal/load | tee "$OUT/go-bench.txt"
   $GO test -run '^$' -benchtime 1x -count 1 -bench 'BenchmarkMemoryPerCachedVM' ./pkg/decide | tee -a "$OUT/go-bench.txt"
+fi
+
+if [ "${BENCH_SKIP_XDS:-0}" != 1 ]; then
+  nodes=${BENCH_XDS_NODES:-1000} networks=${BENCH_XDS_NETWORKS:-100}
+  echo "== cmd/xds at fleet scale: loadgen xds, $nodes nodes x $networks networks (${BENCH_XDS_MODES:-sotw delta}; ~20 s each), and Neutron requests per poll in agents mode"
+  CGO_ENABLED=0 $GO build -trimpath -o "$BIN/" ./cmd/xds ./e2e/cmd/loadgen
+  : > "$OUT/xds-fleet.txt"
+  for mode in ${BENCH_XDS_MODES:-sotw delta}; do
+    "$BIN/loadgen" xds --xds-bin "$BIN/xds" --nodes "$nodes" --networks "$networks" --mode "$mode" --timeout 2m --quiet \
+      | tee -a "$OUT/xds-fleet.txt"
+  done
+  $GO test -run '^$' -bench BenchmarkNeutronAgentsPoll -benchtime 20x -count 1 ./pkg/xds/source | tee "$OUT/xds-neutron-requests.txt"
 fi
 
 if [ "${BENCH_SKIP_SIDE:-0}" != 1 ]; then

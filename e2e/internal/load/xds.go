@@ -182,7 +182,7 @@ func RunXDS(ctx context.Context, o XDSOptions) (XDSResult, error) {
 	}
 	cpu.mark("connect")
 
-	var readAt, changedAt time.Time
+	var writeAt, readAt time.Time
 	if !allFull.IsZero() {
 		var w *fileOpens
 		w, readAt, err = writeChange(file, after.Bytes(), progress, o.PollInterval+o.Timeout)
@@ -190,9 +190,9 @@ func RunXDS(ctx context.Context, o XDSOptions) (XDSResult, error) {
 			return res, err
 		}
 		defer w.Close()
-		res.PollWait = since(time.Unix(0, progress.changeAt.Load()), readAt)
-		log.Info("change written", "poll_wait", res.PollWait)
-		if changedAt, err = waitPhase(ctx, x, progress, phaseChanged, o.Timeout, log); err != nil {
+		writeAt = time.Unix(0, progress.changeAt.Load())
+		log.Info("change written", "read_by_cmd_xds_after", since(writeAt, readAt))
+		if _, err = waitPhase(ctx, x, progress, phaseChanged, o.Timeout, log); err != nil {
 			return res, err
 		}
 		// Let the rest of that poll's responses (other types, other nodes' streams) arrive: wait
@@ -225,11 +225,7 @@ func RunXDS(ctx context.Context, o XDSOptions) (XDSResult, error) {
 	for i, r := range recs {
 		reports[i] = r.report()
 	}
-	base := readAt
-	if base.IsZero() {
-		base = time.Unix(0, progress.changeAt.Load())
-	}
-	res.summarize(reports, base, changedAt)
+	res.summarize(reports, writeAt, readAt)
 	return res, nil
 }
 

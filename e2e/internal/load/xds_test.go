@@ -268,8 +268,7 @@ func TestSummarize(t *testing.T) {
 	}
 	var r XDSResult
 	r.ChangeResources, r.Rejected, r.StreamErrors, r.Problems = map[string]ResourceCount{}, map[string]int{}, map[string]int{}, map[string]int{}
-	r.PollWait = 500 * time.Millisecond
-	r.summarize(reports, at(2000), at(2300))
+	r.summarize(reports, at(1500), at(2000))
 	if r.NotFull != 1 || r.NotChanged != 1 || r.FewerFirst != 2 || r.EmptyFirst != 1 || r.NACKs != 1 {
 		t.Errorf("counts: not full %d, not changed %d, fewer first %d, empty first %d, NACKs %d; want 1 1 2 1 1",
 			r.NotFull, r.NotChanged, r.FewerFirst, r.EmptyFirst, r.NACKs)
@@ -291,10 +290,16 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("stream errors %v, rejected %v", r.StreamErrors, r.Rejected)
 	}
 	reports[2].reached = [phases]time.Time{at(400), at(2600)}
-	r = XDSResult{ChangeResources: map[string]ResourceCount{}, Rejected: map[string]int{}, StreamErrors: map[string]int{}, Problems: map[string]int{}, PollWait: 500 * time.Millisecond}
-	r.summarize(reports, at(2000), at(2600))
-	if r.AllChanged != 600*time.Millisecond || r.ChangeFromWrite != 1100*time.Millisecond {
-		t.Errorf("all changed %s, from the write %s; want 600ms and 1.1s", r.AllChanged, r.ChangeFromWrite)
+	r = XDSResult{ChangeResources: map[string]ResourceCount{}, Rejected: map[string]int{}, StreamErrors: map[string]int{}, Problems: map[string]int{}}
+	r.summarize(reports, at(1500), at(2000))
+	if r.PollWait != 500*time.Millisecond || r.AllChanged != 600*time.Millisecond || r.ChangeFromWrite != 1100*time.Millisecond {
+		t.Errorf("poll wait %s, all changed %s, from the write %s; want 500ms, 600ms and 1.1s", r.PollWait, r.AllChanged, r.ChangeFromWrite)
+	}
+	// No open of the file seen: times count from the write.
+	r = XDSResult{ChangeResources: map[string]ResourceCount{}, Rejected: map[string]int{}, StreamErrors: map[string]int{}, Problems: map[string]int{}}
+	r.summarize(reports, at(1500), time.Time{})
+	if r.PollWait != -1 || r.AllChanged != 1100*time.Millisecond || r.Change.Max != 1100*time.Millisecond {
+		t.Errorf("unseen poll: poll wait %s, all changed %s, change %+v; want -1 and times from the write", r.PollWait, r.AllChanged, r.Change)
 	}
 }
 

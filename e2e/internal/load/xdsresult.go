@@ -72,9 +72,10 @@ type XDSResult struct {
 	FewerFirst int `json:"fewer_first"`
 	EmptyFirst int `json:"empty_first"`
 
-	// PollWait is from writing the change to cmd/xds's next poll opening the file. Change is per
-	// node, from that poll to the node having the new listener (AllChanged: the last node);
-	// ChangeFromWrite is the last node from the write. NotChanged counts nodes that never had it.
+	// PollWait is from writing the change to cmd/xds's next poll opening the file (-1: no open
+	// seen). Change is per node, from that poll (or the write) to the node having the new listener
+	// (AllChanged: the last node, when all had it); ChangeFromWrite is the last node from the
+	// write. NotChanged counts nodes that never had it.
 	PollWait        time.Duration `json:"poll_wait_ns"`
 	Change          Dist          `json:"change"`
 	AllChanged      time.Duration `json:"all_changed_ns"`
@@ -109,9 +110,14 @@ func newXDSResult(o XDSOptions, fileBytes int) XDSResult {
 	}
 }
 
-// summarize fills the per-node figures from the nodes' reports; changeBase is the poll that saw the
-// change (or its write when that poll is unknown), changedAt when the last node had it.
-func (r *XDSResult) summarize(reports []nodeReport, changeBase, changedAt time.Time) {
+// summarize fills the per-node figures from the nodes' reports; writeAt is when the change was
+// written (zero: no change was made), readAt when cmd/xds's next poll opened it (zero: unseen).
+func (r *XDSResult) summarize(reports []nodeReport, writeAt, readAt time.Time) {
+	changeBase := readAt
+	r.PollWait = readAt.Sub(writeAt)
+	if readAt.IsZero() {
+		changeBase, r.PollWait = writeAt, -1
+	}
 	var full, change []time.Duration
 	var latest time.Time
 	perType := map[string][]int{}
@@ -151,9 +157,8 @@ func (r *XDSResult) summarize(reports []nodeReport, changeBase, changedAt time.T
 		}
 	}
 	r.Full, r.Change = quantiles(full), quantiles(change)
-	if !changedAt.IsZero() && r.NotChanged == 0 {
-		r.AllChanged = latest.Sub(changeBase)
-		r.ChangeFromWrite = latest.Sub(changeBase.Add(-r.PollWait))
+	if r.NotChanged == 0 {
+		r.AllChanged, r.ChangeFromWrite = latest.Sub(changeBase), latest.Sub(writeAt)
 	}
 	for typ, counts := range perType {
 		c := ResourceCount{MinNode: counts[0]}
@@ -223,8 +228,12 @@ func (r XDSResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "  full config, per node from its connect: %s; all %d nodes %s after the first connect; not full: %d\n",
 		r.Full, r.Full.N, Secs(r.AllFull), r.NotFull)
 	fmt.Fprintf(w, "  first listener set smaller than the node's networks: %d nodes (%d empty)\n", r.FewerFirst, r.EmptyFirst)
-	fmt.Fprintf(w, "  change (one network added to every node): next poll opened the file %s after the write; from that poll %s; every node %s after it (%s after the write); not changed: %d\n",
-		Secs(r.PollWait), r.Change, Secs(r.AllChanged), Secs(r.ChangeFromWrite), r.NotChanged)
+	read := "cmd/xds's next poll opened the file " + Secs(r.PollWait) + " after the write"
+	if r.PollWait < 0 {
+		read = "no open of the file by cmd/xds seen (times from the write)"
+	}
+	fmt.Fprintf(w, "  change (one network added to every node): %s; from that poll %s; every node %s after it (%s after the write); not changed: %d\n",
+		read, r.Change, Secs(r.AllChanged), Secs(r.ChangeFromWrite), r.NotChanged)
 	var res []string
 	for _, k := range slices.Sorted(maps.Keys(r.ChangeResources)) {
 		c := r.ChangeResources[k]

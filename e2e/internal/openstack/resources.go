@@ -95,7 +95,7 @@ func (c *Cloud) CreateNetwork(ctx context.Context, name, cidr string) (Network, 
 	p, err := ports.Create(ctx, c.network, ports.CreateOpts{
 		NetworkID:   n.ID,
 		DeviceOwner: "network:dhcp",
-		DeviceID:    fmt.Sprintf("dhcp%s-%s", uuid.NewSHA1(uuid.NameSpaceDNS, []byte(host)), n.ID),
+		DeviceID:    DHCPDeviceID(n.ID, host),
 		FixedIPs:    []ports.IP{{SubnetID: s.ID}},
 		TenantID:    c.opts.ProjectID,
 	}).Extract()

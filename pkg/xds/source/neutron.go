@@ -124,20 +124,17 @@ func (n *Neutron) add(nodes Nodes, node string, kind resolve.Kind, id string) {
 	nodes[node] = append(nodes[node], Network{Kind: kind, ID: id, NamespacePath: NamespacePath(n.opts.NetnsDir, kind, id)})
 }
 
-// counted makes every page the pager fetches count as one request to endpoint.
-func counted(p pagination.Pager, calls requests, endpoint string, page func(pagination.LinkedPageBase) pagination.Page) pagination.Pager {
-	return p.WithPageCreator(func(r pagination.PageResult) pagination.Page {
+// listPages fetches every page of p, each one request to endpoint (a request that failed, which
+// makes no page, too), makes it with page and hands it to fn.
+func listPages(ctx context.Context, p pagination.Pager, calls requests, endpoint string,
+	page func(pagination.LinkedPageBase) pagination.Page, fn func(pagination.Page) error) error {
+	p = p.WithPageCreator(func(r pagination.PageResult) pagination.Page {
 		calls[endpoint]++
 		return page(pagination.LinkedPageBase{PageResult: r})
 	})
-}
-
-// eachPage runs fn on every page of p (made with counted); a request that failed, which makes no
-// page, counts too.
-func eachPage(ctx context.Context, p pagination.Pager, calls requests, endpoint string, fn func(pagination.Page) error) error {
 	var fnErr error
-	err := p.EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
-		fnErr = fn(page)
+	err := p.EachPage(ctx, func(_ context.Context, pg pagination.Page) (bool, error) {
+		fnErr = fn(pg)
 		return fnErr == nil, fnErr
 	})
 	if err != nil && fnErr == nil {
@@ -151,37 +148,35 @@ func (n *Neutron) all(ctx context.Context, nodes Nodes, calls requests) error {
 	nodes[node] = nil
 	if n.opts.Networks {
 		enabled := true
-		pages := counted(subnets.List(n.client, subnets.ListOpts{EnableDHCP: &enabled}), calls, EndpointSubnets,
-			func(b pagination.LinkedPageBase) pagination.Page { return subnets.SubnetPage{LinkedPageBase: b} })
-		err := eachPage(ctx, pages, calls, EndpointSubnets, func(p pagination.Page) error {
-			subs, err := subnets.ExtractSubnets(p)
-			if err != nil {
-				return fmt.Errorf("decode subnets: %w", err)
-			}
-			for _, s := range subs {
-				if s.EnableDHCP {
-					n.add(nodes, node, resolve.KindNetwork, s.NetworkID)
+		err := listPages(ctx, subnets.List(n.client, subnets.ListOpts{EnableDHCP: &enabled}), calls, EndpointSubnets,
+			func(b pagination.LinkedPageBase) pagination.Page { return subnets.SubnetPage{LinkedPageBase: b} }, func(p pagination.Page) error {
+				subs, err := subnets.ExtractSubnets(p)
+				if err != nil {
+					return fmt.Errorf("decode subnets: %w", err)
 				}
-			}
-			return nil
-		})
+				for _, s := range subs {
+					if s.EnableDHCP {
+						n.add(nodes, node, resolve.KindNetwork, s.NetworkID)
+					}
+				}
+				return nil
+			})
 		if err != nil {
 			return fmt.Errorf("list DHCP-enabled subnets: %w", err)
 		}
 	}
 	if n.opts.Routers {
-		pages := counted(routers.List(n.client, routers.ListOpts{}), calls, EndpointRouters,
-			func(b pagination.LinkedPageBase) pagination.Page { return routers.RouterPage{LinkedPageBase: b} })
-		err := eachPage(ctx, pages, calls, EndpointRouters, func(p pagination.Page) error {
-			rs, err := routers.ExtractRouters(p)
-			if err != nil {
-				return fmt.Errorf("decode routers: %w", err)
-			}
-			for _, r := range rs {
-				n.add(nodes, node, resolve.KindRouter, r.ID)
-			}
-			return nil
-		})
+		err := listPages(ctx, routers.List(n.client, routers.ListOpts{}), calls, EndpointRouters,
+			func(b pagination.LinkedPageBase) pagination.Page { return routers.RouterPage{LinkedPageBase: b} }, func(p pagination.Page) error {
+				rs, err := routers.ExtractRouters(p)
+				if err != nil {
+					return fmt.Errorf("decode routers: %w", err)
+				}
+				for _, r := range rs {
+					n.add(nodes, node, resolve.KindRouter, r.ID)
+				}
+				return nil
+			})
 		if err != nil {
 			return fmt.Errorf("list routers: %w", err)
 		}

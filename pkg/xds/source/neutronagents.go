@@ -190,17 +190,16 @@ func (n *Neutron) listAgents(ctx context.Context, kinds []agentKind, calls reque
 	for _, k := range kinds {
 		q["agent_type"] = append(q["agent_type"], k.agentType)
 	}
-	pages := counted(agents.List(n.client, q), calls, EndpointAgents,
-		func(b pagination.LinkedPageBase) pagination.Page { return agents.AgentPage{LinkedPageBase: b} })
 	var out []agents.Agent
-	err := eachPage(ctx, pages, calls, EndpointAgents, func(p pagination.Page) error {
-		page, err := agents.ExtractAgents(p)
-		if err != nil {
-			return fmt.Errorf("decode agents: %w", err)
-		}
-		out = append(out, page...)
-		return nil
-	})
+	err := listPages(ctx, agents.List(n.client, q), calls, EndpointAgents,
+		func(b pagination.LinkedPageBase) pagination.Page { return agents.AgentPage{LinkedPageBase: b} }, func(p pagination.Page) error {
+			page, err := agents.ExtractAgents(p)
+			if err != nil {
+				return fmt.Errorf("decode agents: %w", err)
+			}
+			out = append(out, page...)
+			return nil
+		})
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
@@ -213,17 +212,16 @@ func (n *Neutron) listSchedulingPorts(ctx context.Context, kinds []agentKind, ca
 	for _, k := range kinds {
 		q["device_owner"] = append(q["device_owner"], k.owners...)
 	}
-	pages := counted(ports.List(n.client, q), calls, EndpointPorts,
-		func(b pagination.LinkedPageBase) pagination.Page { return ports.PortPage{LinkedPageBase: b} })
 	var out []portRow
-	err := eachPage(ctx, pages, calls, EndpointPorts, func(p pagination.Page) error {
-		var page []portRow
-		if err := ports.ExtractPortsInto(p, &page); err != nil {
-			return fmt.Errorf("decode ports: %w", err)
-		}
-		out = append(out, page...)
-		return nil
-	})
+	err := listPages(ctx, ports.List(n.client, q), calls, EndpointPorts,
+		func(b pagination.LinkedPageBase) pagination.Page { return ports.PortPage{LinkedPageBase: b} }, func(p pagination.Page) error {
+			var page []portRow
+			if err := ports.ExtractPortsInto(p, &page); err != nil {
+				return fmt.Errorf("decode ports: %w", err)
+			}
+			out = append(out, page...)
+			return nil
+		})
 	if err != nil {
 		return nil, fmt.Errorf("list agents' ports: %w", err)
 	}

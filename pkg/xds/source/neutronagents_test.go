@@ -81,7 +81,8 @@ func TestNeutronAgentsFollowsScheduling(t *testing.T) {
 	c := newFakeCloud()
 	c.pageMax = 2
 	client := c.client(t)
-	src, err := NewNeutron(client, NeutronOptions{Networks: true, Routers: true})
+	reader := sdkmetric.NewManualReader()
+	src, err := NewNeutron(client, NeutronOptions{Networks: true, Routers: true, MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,12 +92,20 @@ func TestNeutronAgentsFollowsScheduling(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.requestsTo()
 		got, err := src.Networks(t.Context())
 		if err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Fatalf("%s: source and the per-agent reference differ (-reference +source):\n%s", step, diff)
+		}
+		answered := 0
+		for _, n := range c.requestsTo() {
+			answered += n
+		}
+		if counted := perPoll(t, reader); counted != int64(answered) {
+			t.Errorf("%s: the source counted %d requests, Neutron answered %d (every page one)", step, counted, answered)
 		}
 	}
 	d1, d2, d3 := c.register("DHCP agent", "net-1"), c.register("DHCP agent", "net-2.example.org"), c.register("DHCP agent", "net-3")
