@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/metaproxy/metaproxy/e2e/internal/standin/xdsclient"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
@@ -143,33 +144,12 @@ func RunXDS(ctx context.Context, o XDSOptions) (XDSResult, error) {
 	}
 
 	progress := newFleetProgress(o.Nodes)
-	recs := make([]*nodeRecorder, o.Nodes)
-	cctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	stopClients := sync.OnceFunc(func() { cancel(); wg.Wait() })
-	defer stopClients()
 	cpu := newCPUPhases(x.pid())
 	connectStart := time.Now()
-	for i := range o.Nodes {
-		id := o.NodeID(i)
-		rec := newNodeRecorder(id, o.ExpectedListeners(i, false), o.ExpectedListeners(i, true), progress)
-		tc, err := creds(id)
-		if err != nil {
-			return res, err
-		}
-		conn, err := grpc.NewClient(x.addr, grpc.WithTransportCredentials(tc), grpc.WithStreamInterceptor(rec.intercept))
-		if err != nil {
-			return res, fmt.Errorf("xds client for %s: %w", x.addr, err)
-		}
-		c, err := xdsclient.New(xdsclient.Options{Conn: conn, NodeID: id, NodeCluster: "loadgen", Delta: o.Delta, Applier: rec})
-		if err != nil {
-			conn.Close()
-			return res, err
-		}
-		recs[i] = rec
-		rec.started = time.Now()
-		wg.Add(1)
-		go func() { defer wg.Done(); defer conn.Close(); _ = c.Run(cctx) }()
+	recs, stopClients, err := connectFleet(ctx, o, x.addr, creds, progress)
+	defer stopClients()
+	if err != nil {
+		return res, err
 	}
 	log.Info("clients connecting", "nodes", o.Nodes, "mode", res.Mode)
 	allFull, err := waitPhase(ctx, x, progress, phaseFull, o.Timeout, log)
@@ -184,22 +164,8 @@ func RunXDS(ctx context.Context, o XDSOptions) (XDSResult, error) {
 
 	var writeAt, readAt time.Time
 	if !allFull.IsZero() {
-		var w *fileOpens
-		w, readAt, err = writeChange(file, after.Bytes(), progress, o.PollInterval+o.Timeout)
-		if err != nil {
+		if writeAt, readAt, err = changePhase(ctx, o, x, file, after.Bytes(), progress, log); err != nil {
 			return res, err
-		}
-		defer w.Close()
-		writeAt = time.Unix(0, progress.changeAt.Load())
-		log.Info("change written", "read_by_cmd_xds_after", since(writeAt, readAt))
-		if _, err = waitPhase(ctx, x, progress, phaseChanged, o.Timeout, log); err != nil {
-			return res, err
-		}
-		// Let the rest of that poll's responses (other types, other nodes' streams) arrive: wait
-		// for cmd/xds's next poll, which finds nothing new.
-		select {
-		case <-w.C:
-		case <-time.After(2*o.PollInterval + time.Second):
 		}
 		if res.Mem.Changed, err = sampleProc(x.pid()); err != nil {
 			return res, err
@@ -227,6 +193,62 @@ func RunXDS(ctx context.Context, o XDSOptions) (XDSResult, error) {
 	}
 	res.summarize(reports, writeAt, readAt)
 	return res, nil
+}
+
+// connectFleet starts one client per node of the fleet, each on its own gRPC connection to addr,
+// until stop is called (also when it fails part way).
+func connectFleet(ctx context.Context, o XDSOptions, addr string, creds func(string) (credentials.TransportCredentials, error),
+	p *fleetProgress) (recs []*nodeRecorder, stop func(), err error) {
+	cctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop = sync.OnceFunc(func() { cancel(); wg.Wait() })
+	for i := range o.Nodes {
+		id := o.NodeID(i)
+		rec := newNodeRecorder(id, o.ExpectedListeners(i, false), o.ExpectedListeners(i, true), p)
+		tc, err := creds(id)
+		if err != nil {
+			return nil, stop, err
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(tc), grpc.WithStreamInterceptor(rec.intercept))
+		if err != nil {
+			return nil, stop, fmt.Errorf("xds client for %s: %w", addr, err)
+		}
+		c, err := xdsclient.New(xdsclient.Options{Conn: conn, NodeID: id, NodeCluster: "loadgen", Delta: o.Delta, Applier: rec})
+		if err != nil {
+			conn.Close()
+			return nil, stop, err
+		}
+		recs = append(recs, rec)
+		rec.started = time.Now()
+		wg.Add(1)
+		go func() { defer wg.Done(); defer conn.Close(); _ = c.Run(cctx) }()
+	}
+	return recs, stop, nil
+}
+
+// changePhase writes the change, waits for cmd/xds's next poll to open it (readAt, zero when it
+// did not within a poll interval and the timeout) and for every node to have it, then for one more
+// poll, so that the rest of the change's responses (other types, other streams) are in.
+func changePhase(ctx context.Context, o XDSOptions, x *xdsProcess, file string, content []byte, p *fleetProgress,
+	log *slog.Logger) (writeAt, readAt time.Time, err error) {
+	w, readAt, err := writeChange(file, content, p, o.PollInterval+o.Timeout)
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+	defer w.Close()
+	writeAt = time.Unix(0, p.changeAt.Load())
+	log.Info("change written", "read_by_cmd_xds_after", since(writeAt, readAt))
+	if _, err := waitPhase(ctx, x, p, phaseChanged, o.Timeout, log); err != nil {
+		return writeAt, readAt, err
+	}
+	for len(w.C) > 0 { // polls that ran while the change spread
+		<-w.C
+	}
+	select {
+	case <-w.C:
+	case <-time.After(2*o.PollInterval + time.Second):
+	}
+	return writeAt, readAt, nil
 }
 
 // writeChange replaces file with content atomically (a rename) and returns when cmd/xds next
