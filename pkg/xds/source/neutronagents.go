@@ -7,7 +7,8 @@ package source
 // revision_number (neutron/db/network_dhcp_agent_binding/models.py has no revises_on_change). So the
 // answer is read per agent, as before, but only for the agents whose scheduling may have changed
 // since the last poll; the others keep what their last read gave. What changes with the scheduling,
-// and can be listed in one request, is the ports the agents bind to their host (Zed/2023.x source):
+// and can be listed in one request, is the ports the agents bind to their host (neutron Zed, as
+// Debian 12 ships it):
 //
 //   - DHCP: the agent hosting a network creates (or claims) a port with device_owner network:dhcp,
 //     binding:host_id its host and device_id dhcp<uuid5(DNS, short host name)>-<network id>
