@@ -3,14 +3,7 @@ package load
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,6 +23,7 @@ import (
 
 	"github.com/metaproxy/metaproxy/e2e/internal/standin/xdsclient"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/tlsfiles/tlstest"
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xds/translate"
 )
@@ -352,18 +346,9 @@ func TestWatchOpensFollowsTheRenamedFile(t *testing.T) {
 // the server against the CA.
 func TestClientTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca, caKey := newCert(t, dir, "ca", nil, nil)
-	newCert(t, dir, "server", ca, caKey)
-	for _, n := range []string{"node-00000", "node-00001"} {
-		newCert(t, dir, n, ca, caKey)
-	}
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})))
+	ca := writePKI(t, dir, "node-00000", "node-00001")
+	server := ca.Issue(t, tlstest.Leaf{IPs: []string{"127.0.0.1"}, Server: true})
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{server.TLS(t)}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert})))
 	seen := make(chan string, 2)
 	healthpb.RegisterHealthServer(gs, &peerNames{seen: seen})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -407,7 +392,7 @@ func TestClientTLS(t *testing.T) {
 	}
 }
 
-// peerNames is a health server that reports the common name of every client certificate.
+// peerNames is a health server that reports the DNS name of every client certificate.
 type peerNames struct {
 	healthpb.UnimplementedHealthServer
 	seen chan string
@@ -415,45 +400,18 @@ type peerNames struct {
 
 func (p *peerNames) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	pr, _ := peer.FromContext(ctx)
-	p.seen <- pr.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0].Subject.CommonName
+	p.seen <- pr.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0].DNSNames[0]
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
 }
 
-// newCert writes dir/name.crt and dir/name.key: a CA when parent is nil, else a leaf for
-// 127.0.0.1 and client use, named name, signed by parent.
-func newCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
+// writePKI writes a test CA to dir/ca.crt and, for every node, dir/<node>.crt and .key: a client
+// certificate whose DNS SAN is the node id, as cmd/xds's default node binding wants.
+func writePKI(t *testing.T, dir string, nodes ...string) *tlstest.CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	ca := tlstest.NewCA(t, "loadgen test CA")
+	ca.WritePEM(t, filepath.Join(dir, "ca.crt"))
+	for _, n := range nodes {
+		ca.Issue(t, tlstest.Leaf{DNS: []string{n}, Client: true}).Write(t, dir, n)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	if parent == nil {
-		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
-		parent, parentKey = tmpl, key
-	} else {
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
+	return ca
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/metaproxy/metaproxy/pkg/tlsfiles/tlstest"
 )
 
 // buildXDS builds cmd/xds for the test.
@@ -25,24 +27,38 @@ func buildXDS(t *testing.T) string {
 }
 
 // TestRunXDSAgainstCmdXDS runs a small fleet (20 nodes x 5 networks) against the real cmd/xds in
-// both protocols: every node gets its full configuration and the added network, nothing is
-// NACKed or broken, and a delta client receives only the new listener for the change while a
-// state-of-the-world client receives all of its listeners again.
+// both protocols, in plain text and over mutual TLS: every node gets its full configuration and
+// the added network, nothing is NACKed or broken, and a delta client receives only the new
+// listener for the change while a state-of-the-world client receives all of its listeners again.
 func TestRunXDSAgainstCmdXDS(t *testing.T) {
 	bin := buildXDS(t)
 	const nodes, networks = 20, 5
+	pki := t.TempDir()
+	fleet := Fleet{Nodes: nodes, Networks: networks, AgentsPerNetwork: 2}
+	var ids []string
+	for i := range nodes {
+		ids = append(ids, fleet.NodeID(i))
+	}
+	writePKI(t, pki, ids...).Issue(t, tlstest.Leaf{IPs: []string{"127.0.0.1"}, Server: true}).Write(t, pki, "xds")
+	mtls := ClientTLS{CA: filepath.Join(pki, "ca.crt"), Cert: filepath.Join(pki, NodePlaceholder+".crt"), Key: filepath.Join(pki, NodePlaceholder+".key")}
+	xdsTLS := []string{"--tls-cert=" + filepath.Join(pki, "xds.crt"), "--tls-key=" + filepath.Join(pki, "xds.key"), "--tls-client-ca=" + filepath.Join(pki, "ca.crt")}
 	for name, tc := range map[string]struct {
 		delta, afterReady bool
+		tls               ClientTLS
+		xdsArgs           []string
 		want              map[string]ResourceCount
 	}{
 		"sotw":  {want: map[string]ResourceCount{"listeners": {Total: nodes * (networks + 1), PerNode: networks + 1, MinNode: networks + 1}}},
 		"delta": {delta: true, want: map[string]ResourceCount{"listeners": {Total: nodes, PerNode: 1, MinNode: 1}}},
 		// Connecting after the first poll, no node may see fewer listeners than its networks first.
 		"sotw after ready": {afterReady: true, want: map[string]ResourceCount{"listeners": {Total: nodes * (networks + 1), PerNode: networks + 1, MinNode: networks + 1}}},
+		// cmd/xds with mutual TLS and node ids bound to the certificates' DNS names: every node
+		// presents its own certificate.
+		"delta over mutual TLS": {delta: true, tls: mtls, xdsArgs: xdsTLS, want: map[string]ResourceCount{"listeners": {Total: nodes, PerNode: 1, MinNode: 1}}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r, err := RunXDS(t.Context(), XDSOptions{
-				Fleet: Fleet{Nodes: nodes, Networks: networks, AgentsPerNetwork: 2}, Delta: tc.delta, XDSBin: bin,
+				Fleet: fleet, Delta: tc.delta, XDSBin: bin, XDSArgs: tc.xdsArgs, TLS: tc.tls,
 				PollInterval: time.Second, Timeout: time.Minute, ConnectAfterReady: tc.afterReady, Dir: t.TempDir(),
 				Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 			})
