@@ -45,6 +45,7 @@ type extProcConfig struct {
 	// (mode_override.response_header_mode SEND), as Envoy does with allow_mode_override.
 	allowModeOverride bool
 	rules             mutationChecker
+	forward           forwardRules
 }
 
 // extProcOverride is a parsed ExtProcPerRoute.
@@ -87,10 +88,13 @@ func parseExtProc(a *anypb.Any) (*extProc, error) {
 	if s := c.GetStatusOnError(); s != nil && s.GetCode() != 0 {
 		cfg.statusOnError = int(s.GetCode())
 	}
-	if c.GetObservabilityMode() || c.GetForwardRules() != nil || c.GetMetadataOptions() != nil ||
+	if c.GetObservabilityMode() || c.GetMetadataOptions() != nil ||
 		c.GetProcessingRequestModifier() != nil || c.GetOnProcessingResponse() != nil ||
 		c.GetSendBodyWithoutWaitingForHeaderResponse() || len(c.GetAllowedOverrideModes()) > 0 {
-		return nil, errors.New("observability_mode, forward_rules, metadata_options, allowed_override_modes and extensions are not supported by the stand-in")
+		return nil, errors.New("observability_mode, metadata_options, allowed_override_modes and extensions are not supported by the stand-in")
+	}
+	if cfg.forward, err = parseForwardRules(c.GetForwardRules()); err != nil {
+		return nil, err
 	}
 	if cfg.rules, err = parseRules(c.GetMutationRules()); err != nil {
 		return nil, err
@@ -338,17 +342,7 @@ func (f *extProc) decodeHeaders(ctx context.Context, s *Stream, perRoute any) bo
 // mode_override asked for them) and applies the answer to h. It returns false when it answered the
 // request locally instead (stream error or timeout without failure_mode_allow).
 func (f *extProc) encodeHeaders(s *Stream, cfg extProcConfig, stream extprocv3.ExternalProcessor_ProcessClient, code int, h http.Header) bool {
-	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte(strconv.Itoa(code))}}}
-	keys := make([]string, 0, len(h))
-	for k := range h {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		for _, v := range h[k] {
-			hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: strings.ToLower(k), RawValue: []byte(v)})
-		}
-	}
+	hm, keys := responseHeaderMap(cfg.forward, code, h)
 	req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: hm}}}
 	if err := stream.Send(req); err != nil {
 		return f.failResponse(s, cfg, h, cfg.statusOnError, "streams_failed")
@@ -388,6 +382,29 @@ func (f *extProc) encodeHeaders(s *Stream, cfg extProcConfig, stream extprocv3.E
 	}
 }
 
+// responseHeaderMap is the header map of a response_headers message: :status first, then h's
+// headers sorted by name, lower case, those forward_rules lets through. keys are all of h's names.
+func responseHeaderMap(fr forwardRules, code int, h http.Header) (hm *corev3.HeaderMap, keys []string) {
+	hm = &corev3.HeaderMap{}
+	if fr.allows(":status") {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: ":status", RawValue: []byte(strconv.Itoa(code))})
+	}
+	keys = make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !fr.allows(strings.ToLower(k)) {
+			continue
+		}
+		for _, v := range h[k] {
+			hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: strings.ToLower(k), RawValue: []byte(v)})
+		}
+	}
+	return hm, keys
+}
+
 // failResponse is fail for the response phase: the upstream headers are dropped before the local reply.
 func (f *extProc) failResponse(s *Stream, cfg extProcConfig, h http.Header, status int, counter string) bool {
 	if cfg.failureModeAllow {
@@ -417,7 +434,9 @@ func (f *extProc) fail(s *Stream, cfg extProcConfig, status int, counter string)
 func (f *extProc) request(s *Stream, cfg extProcConfig) *extprocv3.ProcessingRequest {
 	hm := &corev3.HeaderMap{}
 	add := func(k, v string) {
-		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+		if cfg.forward.allows(k) {
+			hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+		}
 	}
 	add(":authority", s.Authority)
 	add(":path", s.Path)
