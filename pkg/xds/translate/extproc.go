@@ -9,6 +9,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -34,6 +35,7 @@ const (
 // allow_mode_override lets cmd/extproc ask, for the first request of a VM per cache fill, to see
 // nova's response status on the same stream, so that a signature nova refuses (a shared secret out
 // of step) is logged and counted where the operator looks; every other request stays one round trip.
+// forward_rules keeps every request header the VM sent away from cmd/extproc.
 func extProcFilter(n source.Network, e ExtProc) (*anypb.Any, error) {
 	key := contract.NetworkIDMetadata
 	switch n.Kind {
@@ -62,7 +64,20 @@ func extProcFilter(n source.Network, e ExtProc) (*anypb.Any, error) {
 		AllowModeOverride: true,
 		RequestAttributes: []string{contract.SourceAddressAttribute},
 		MessageTimeout:    durationpb.New(e.MessageTimeout),
+		ForwardRules:      forwardStatusOnly(),
 	})
+}
+
+// forwardStatusOnly is the forward_rules of every listener: Envoy sends cmd/extproc only the headers
+// allowed_headers matches, pseudo-headers included (MutationUtils::headerCanBeForwarded in Envoy's
+// source/extensions/filters/http/ext_proc/mutation_utils.cc, applied by Filter::buildHeaderRequest
+// in ext_proc.cc to request and response headers alike). cmd/extproc reads no request header at
+// all, and of nova's response headers (sent after a mode_override) only :status. A request has no
+// :status, so no header a VM sent reaches cmd/extproc.
+func forwardStatusOnly() *extprocv3.HeaderForwardingRules {
+	return &extprocv3.HeaderForwardingRules{AllowedHeaders: &matcherv3.ListStringMatcher{
+		Patterns: []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: ":status"}}},
+	}}
 }
 
 // ExtProcCluster returns the extproc cluster: HTTP/2 (gRPC) to cmd/extproc over a UNIX socket or
