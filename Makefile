@@ -36,7 +36,6 @@ test-unit: ## Unit and feature tests with the race detector.
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for $(FUZZTIME) (corpus in testdata/fuzz).
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./pkg/request
-	$(GO) test -run '^$$' -fuzz '^FuzzLeanDecode$$' -fuzztime $(FUZZTIME) ./pkg/extproc
 
 .PHONY: test-e2e
 test-e2e: build ## End-to-end suite on real neutron-server and nova metadata API in network namespaces (root).

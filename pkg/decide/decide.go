@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/metaproxy/metaproxy/pkg/answercache"
-	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/request"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -58,8 +57,6 @@ type Decision struct {
 	// TraceID is the trace the request belongs to: the decision span's when tracing, else (for
 	// decisions that are not 200 only) the one Envoy propagated, if any. Zero when unknown.
 	TraceID trace.TraceID
-
-	wire *protoframe.Encoded // the signed answer, when Status is 200
 }
 
 // Decider answers request_headers messages. It is safe for concurrent use.
@@ -113,27 +110,24 @@ func New(r resolve.Resolver, s *sign.Signer, opt answercache.Options, log *slog.
 func (d *Decider) CacheLen() int { return d.cache.Len() }
 
 // RequestHeaders answers one request_headers message on a stream whose initial metadata is md, and
-// logs it when it is not forwarded. A signed answer is encoded for this request from the cached
-// instance and signature; its remove_headers part is shared by every answer and never modified.
+// logs it when it is not forwarded.
 //
 // For the request that filled the cache (outcome miss), the answer also asks Envoy (mode_override;
 // the listener allows it) to send nova's response headers on the same stream, and the returned
 // check is to be called with nova's status: a signature nova refuses is then logged and counted at
 // once, not only seen as 403s by VMs. Every other request stays one round trip; check is nil then.
-func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (protoframe.Answer, func(context.Context, int)) {
-	a, dec := d.answer(ctx, md, req)
+func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+	resp, dec := d.Decide(ctx, md, req)
 	switch {
 	case dec.Status != http.StatusOK:
 		d.logNotForwarded(ctx, &dec)
-		return a, nil
+		return resp, nil
 	case dec.Outcome != answercache.Miss:
-		return a, nil
+		return resp, nil
 	}
-	wire, err := a.Wire.WithModeOverride(seeNovaResponse)
-	if err != nil {
-		return a, nil // nova's verdict is only observed, the signed request goes on regardless
-	}
-	return protoframe.Answer{Wire: wire}, d.verdictCheck(dec)
+	// Only observed: the signed request goes on to nova whatever nova's verdict.
+	resp.ModeOverride = seeNovaResponse
+	return resp, d.verdictCheck(dec)
 }
 
 // verdictCheck returns the check of nova's answer to dec. Kept apart so that only a miss pays for
@@ -186,22 +180,8 @@ func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
 	d.log.LogAttrs(ctx, level, "metadata request not forwarded", attrs...)
 }
 
-// Decide answers one request_headers message and says what it decided. It returns the message
-// itself (tools and tests); the service sends the encoded answer (RequestHeaders).
+// Decide answers one request_headers message and says what it decided.
 func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
-	a, dec := d.answer(ctx, md, req)
-	if a.Wire == nil {
-		return a.Msg, dec
-	}
-	m, err := a.Wire.Decode()
-	if err != nil {
-		return Immediate(http.StatusInternalServerError, "Internal error identifying this instance"), dec
-	}
-	return m, dec
-}
-
-// answer decides, with telemetry around it.
-func (d *Decider) answer(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (protoframe.Answer, Decision) {
 	var start time.Time
 	if d.metrics != nil {
 		start = time.Now()
@@ -225,15 +205,7 @@ func (d *Decider) answer(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 	return resp, dec
 }
 
-func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (protoframe.Answer, Decision) {
-	resp, dec := d.decideMsg(ctx, md, req)
-	if dec.wire != nil {
-		return protoframe.Answer{Wire: dec.wire}, dec
-	}
-	return protoframe.Answer{Msg: resp}, dec
-}
-
-func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
 	q, err := request.Decode(md, req)
 	if err != nil {
 		var re *request.Error
@@ -251,8 +223,8 @@ func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.
 	}
 	dec := Decision{Query: q, Outcome: outcome}
 	if err == nil {
-		dec.Instance, dec.Status, dec.wire = a.instance(q.Scope), http.StatusOK, a.encode(q.Addr)
-		return nil, dec
+		dec.Instance, dec.Status = a.instance(q.Scope), http.StatusOK
+		return a.response(q.Addr), dec
 	}
 	dec.Err = err
 	var ambiguous *resolve.AmbiguousError
@@ -275,16 +247,16 @@ func (d *Decider) decideMsg(ctx context.Context, md metadata.MD, req *extprocv3.
 	}
 }
 
-// build signs once per cache fill; every later hit only encodes (answer.encode).
+// build signs once per cache fill; every later hit only builds the message (answer.response).
 func (d *Decider) build(q resolve.Query, inst resolve.Instance) (answer, error) {
 	return newAnswer(q.Scope, inst, d.signer.Sum(inst.InstanceID))
 }
 
 // rawHeader overwrites key with value. Only raw_value is filled (value alone reaches nova as an
 // empty header, both are rejected by Envoy) and append_action is OVERWRITE_IF_EXISTS_OR_ADD.
-func rawHeader(key, value string) *corev3.HeaderValueOption {
+func rawHeader(key string, value []byte) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
-		Header:       &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
+		Header:       &corev3.HeaderValue{Key: key, RawValue: value},
 		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 	}
 }
@@ -295,7 +267,7 @@ func Immediate(status int, body string) *extprocv3.ProcessingResponse {
 		Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
 			Status: &typev3.HttpStatus{Code: typev3.StatusCode(status)},
 			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
-				rawHeader("content-type", "text/plain; charset=utf-8"),
+				rawHeader("content-type", []byte("text/plain; charset=utf-8")),
 			}},
 			Body:    []byte(body + "\n"),
 			Details: "metaproxy_" + strconv.Itoa(status),

@@ -294,10 +294,6 @@ func (d *Decider) startDecision(ctx context.Context, md metadata.MD, req *extpro
 	return d.tracer.Start(ctx, SpanDecide, trace.WithSpanKind(trace.SpanKindServer))
 }
 
-// RequestHeadersRead names the request headers the Decider reads: those of the trace-context
-// propagator, nothing else (extproc.WithLeanRequests decodes only these).
-func (d *Decider) RequestHeadersRead() []string { return d.prop.Fields() }
-
 // extract returns ctx with the remote span context Envoy propagated, if any.
 func (d *Decider) extract(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) context.Context {
 	if out := d.prop.Extract(ctx, mdCarrier(md)); trace.SpanContextFromContext(out).IsValid() {

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"go.opentelemetry.io/otel/metric"
@@ -22,15 +21,13 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-
-	"github.com/metaproxy/metaproxy/pkg/protoframe"
 )
 
 // Processor answers the request_headers message of one stream. md is the stream's initial metadata.
 // When the answer asks Envoy for the upstream's response headers (mode_override), check is called
 // with the upstream's status once they arrive on the stream; it is nil otherwise.
 type Processor interface {
-	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (a protoframe.Answer, check func(ctx context.Context, status int))
+	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(ctx context.Context, status int))
 }
 
 // Server implements ExternalProcessor over a Processor.
@@ -41,8 +38,6 @@ type Server struct {
 
 	inFlight metric.Int64UpDownCounter // nil: not measured
 	streams  metric.Int64Counter
-
-	lean *leanDecoder // nil: requests are decoded in full
 }
 
 // MetricStreamsInFlight and MetricStreams are the metrics a Server with WithMetrics exports.
@@ -70,21 +65,6 @@ func WithMetrics(mp metric.MeterProvider) ServerOption {
 		// Export both from the start, so that the first stream is a change a rate() can see.
 		s.inFlight.Add(context.Background(), 0)
 		s.streams.Add(context.Background(), 0)
-		return nil
-	}
-}
-
-// WithLeanRequests declares that the Processor reads, of a request_headers message, only the
-// source.address request attribute and the request headers named in headers (lower case): the gRPC server then
-// decodes just those (see leanDecoder), and leaves out everything else, in particular every other
-// header the VM sent. Other messages are decoded in full.
-func WithLeanRequests(headers ...string) ServerOption {
-	return func(s *Server) error {
-		keep := make(map[string]bool, len(headers))
-		for _, h := range headers {
-			keep[strings.ToLower(h)] = true
-		}
-		s.lean = &leanDecoder{keep: keep}
 		return nil
 	}
 }
@@ -127,15 +107,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		var resp *extprocv3.ProcessingResponse
 		switch req.GetRequest().(type) {
 		case *extprocv3.ProcessingRequest_RequestHeaders:
-			var a protoframe.Answer
-			a, check = s.proc.RequestHeaders(ctx, md, req)
-			if a.Wire != nil {
-				if err := stream.SendMsg(a.Wire); err != nil {
-					return sendError(ctx, err)
-				}
-				continue
-			}
-			resp = a.Msg
+			resp, check = s.proc.RequestHeaders(ctx, md, req)
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
 			if check != nil {
 				check(ctx, responseStatus(req.GetResponseHeaders()))
@@ -185,7 +157,7 @@ func responseStatus(h *extprocv3.HttpHeaders) int {
 // NewGRPCServer returns a gRPC server carrying the ExternalProcessor and the health service.
 // Health starts NOT_SERVING; the caller flips it with SetServing once it can answer.
 func NewGRPCServer(s *Server, opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
-	g := grpc.NewServer(append([]grpc.ServerOption{grpc.ForceServerCodecV2(newWireCodec(s.lean))}, opts...)...)
+	g := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(g, s)
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

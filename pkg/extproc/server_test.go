@@ -25,7 +25,6 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/listen"
-	"github.com/metaproxy/metaproxy/pkg/protoframe"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 )
@@ -80,9 +79,7 @@ func start(t *testing.T) (*grpc.ClientConn, *ports, func(bool)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As cmd/extproc runs it: request_headers decoded leanly (the spoof matrix below proves that
-	// the VM's headers play no part either way).
-	g, h := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler), extproc.WithLeanRequests(d.RequestHeadersRead()...)))
+	g, h := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- extproc.Serve(ctx, g, l) }()
@@ -401,8 +398,8 @@ func TestHealth(t *testing.T) {
 // verdictProcessor answers with a fixed response and a check that records nova's status.
 type verdictProcessor struct{ got chan int }
 
-func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (protoframe.Answer, func(context.Context, int)) {
-	return protoframe.Answer{Msg: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}},
+func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
 		func(_ context.Context, status int) { v.got <- status }
 }
 

@@ -110,8 +110,7 @@ func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, t
 		raw.Close()
 		return err
 	}
-	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider),
-		extproc.WithLeanRequests(w.decider.RequestHeadersRead()...)), grpcOpts...)
+	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider)), grpcOpts...)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

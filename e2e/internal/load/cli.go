@@ -175,7 +175,6 @@ func runExtProcCmd(ctx context.Context, fs *flag.FlagSet, args []string, stdout 
 	ip := fs.String("ip", "10.0.0.5", "VM address (source.address)")
 	portsFile := fs.String("ports-file", "", "take the targets from the VM ports of this ports document")
 	limit := fs.Int("targets", 0, "use only the first N targets of --ports-file (0: all)")
-	fs.StringVar(&o.Path, "path", "", ":path (default /openstack/latest/meta_data.json)")
 	fs.StringVar(&o.Name, "name", "", "label of the result")
 	asJSON := fs.Bool("json", false, "one JSON line per run")
 	cpuProfile := fs.String("cpuprofile", "", "write the client's own CPU profile (pprof) over all runs to this file")

@@ -53,8 +53,6 @@ type ExtProcOptions struct {
 	// i+2*Concurrency... (so Requests = len(Targets) asks each target once); open loop, request n
 	// takes target n modulo len(Targets).
 	Targets []Target
-	// Path is the :path sent (default /openstack/latest/meta_data.json).
-	Path string
 	// Name labels the result.
 	Name string
 }
@@ -62,7 +60,7 @@ type ExtProcOptions struct {
 // RunExtProc sends ext_proc streams as Envoy's ext_proc filter does for one HTTP GET with
 // request_headers SEND and everything else SKIP/NONE: one bidirectional stream per request, gRPC
 // initial metadata with the listener's scope, one ProcessingRequest carrying request_headers
-// (lower-case keys, values in raw_value, end_of_stream), the source.address attribute,
+// (no header: cmd/xds's forward_rules allow none; end_of_stream), the source.address attribute,
 // protocol_config and an empty metadata_context. The latency of a request is the decision as Envoy
 // waits for it: from opening the stream to the HeadersResponse (Envoy continues the HTTP request
 // right then). The client then half-closes and reads the stream's status before it reuses the
@@ -75,9 +73,6 @@ func RunExtProc(ctx context.Context, o ExtProcOptions) (Result, error) {
 	}
 	if o.Conns <= 0 {
 		o.Conns = 1
-	}
-	if o.Path == "" {
-		o.Path = "/openstack/latest/meta_data.json"
 	}
 	target := o.Address
 	if !strings.HasPrefix(target, "unix://") {
@@ -95,7 +90,7 @@ func RunExtProc(ctx context.Context, o ExtProcOptions) (Result, error) {
 			key = contract.RouterIDMetadata
 		}
 		mds[i] = metadata.Pairs(key, t.ScopeID)
-		reqs[i] = envoyRequest(o.Path, t.Addr, 40000+i%20000)
+		reqs[i] = envoyRequest(t.Addr, 40000+i%20000)
 		b, err := proto.Marshal(reqs[i])
 		if err != nil {
 			return Result{}, fmt.Errorf("extproc load: encode request: %w", err)
@@ -312,22 +307,13 @@ func (c *preencoded) Unmarshal(data mem.BufferSlice, v any) error { return c.pro
 // Name is the proto codec's: the content-type stays application/grpc+proto.
 func (c *preencoded) Name() string { return c.proto.Name() }
 
-// envoyRequest is the request_headers message Envoy sends for cloud-init's GET of path from addr.
-func envoyRequest(path string, addr netip.Addr, port int) *extprocv3.ProcessingRequest {
-	hdr := func(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+// envoyRequest is the request_headers message Envoy sends for a VM's GET from addr through a
+// listener of cmd/xds: its forward_rules allow no request header (pkg/xds/translate), so the header
+// map is there but empty, as Envoy's headersToProto leaves it when nothing may be forwarded.
+func envoyRequest(addr netip.Addr, port int) *extprocv3.ProcessingRequest {
 	return &extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-			Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-				hdr(":authority", contract.MetadataIPv4),
-				hdr(":path", path),
-				hdr(":method", "GET"),
-				hdr(":scheme", "http"),
-				hdr("user-agent", "Cloud-Init/23.1.2"),
-				hdr("accept", "*/*"),
-				hdr("accept-encoding", "gzip, deflate"),
-				hdr("x-forwarded-proto", "http"),
-				hdr("x-request-id", "6f1c1d0e-4a3b-4a55-9a8e-0c8f3e2d1b7a"),
-			}},
+			Headers:     &corev3.HeaderMap{},
 			EndOfStream: true,
 		}},
 		MetadataContext: &corev3.Metadata{},
