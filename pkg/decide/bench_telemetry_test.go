@@ -42,7 +42,7 @@ func benchDecide(b *testing.B, opts ...Option) {
 // provider cmd/extproc gets when no OTEL_* endpoint is set) and no metrics: it must stay within 5%
 // of BenchmarkDecideHit.
 func BenchmarkDecideHitTracingOff(b *testing.B) {
-	benchDecide(b, WithTracing(tracenoop.NewTracerProvider(), nil))
+	benchDecide(b, WithTracing(tracenoop.NewTracerProvider()))
 }
 
 // BenchmarkDecideHitTracingOffMetrics is the hot path as cmd/extproc runs it by default: tracing off
@@ -56,12 +56,12 @@ func BenchmarkDecideHitTracingOffMetrics(b *testing.B) {
 	if tel.Tracing {
 		b.Skip("an OTEL_* endpoint is set")
 	}
-	benchDecide(b, WithTracing(tel.TracerProvider, tel.Propagator), WithMetrics(tel.MeterProvider, "bench"))
+	benchDecide(b, WithTracing(tel.TracerProvider), WithMetrics(tel.MeterProvider, "bench"))
 }
 
 // BenchmarkDecideHitTracingOn records (and drops) a sampled span tree per decision, for comparison.
 func BenchmarkDecideHitTracingOn(b *testing.B) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(tracetest.NewNoopExporter()))
 	defer tp.Shutdown(context.Background())
-	benchDecide(b, WithTracing(tp, nil))
+	benchDecide(b, WithTracing(tp))
 }

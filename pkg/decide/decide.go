@@ -19,7 +19,6 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 
@@ -68,7 +67,6 @@ type Decider struct {
 
 	// Telemetry, all optional (see Option).
 	tracer          trace.Tracer // nil: no spans, no trace-context extraction on the hot path
-	prop            propagation.TextMapPropagator
 	metricsProvider metric.MeterProvider
 	source          string
 	metrics         *metrics // nil: no metrics
@@ -78,7 +76,7 @@ type Decider struct {
 // New returns a Decider that resolves through r (cached with opt), signs with s and logs every
 // request that is not forwarded to nova on log (rate-limited). Options add tracing and metrics.
 func New(r resolve.Resolver, s *sign.Signer, opt answercache.Options, log *slog.Logger, opts ...Option) (*Decider, error) {
-	d := &Decider{signer: s, log: log, prop: propagation.TraceContext{}, logLimit: DefaultLogLimit()}
+	d := &Decider{signer: s, log: log, logLimit: DefaultLogLimit()}
 	for _, o := range opts {
 		o(d)
 	}
@@ -188,7 +186,7 @@ func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 	}
 	var span trace.Span
 	if d.tracer != nil {
-		ctx, span = d.startDecision(ctx, md, req)
+		ctx, span = d.startDecision(ctx, md)
 	}
 	resp, dec := d.decide(ctx, md, req)
 	switch {
@@ -197,7 +195,7 @@ func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 		endDecision(span, &dec)
 	case dec.Status != http.StatusOK:
 		// No span, but the line logged for this decision can still name Envoy's trace.
-		dec.TraceID = trace.SpanContextFromContext(d.extract(ctx, md, req)).TraceID()
+		dec.TraceID = trace.SpanContextFromContext(envoyTrace(ctx, md)).TraceID()
 	}
 	if d.metrics != nil {
 		d.metrics.record(ctx, &dec, time.Since(start))

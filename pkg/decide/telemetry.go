@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
@@ -95,18 +93,16 @@ const (
 type Option func(*Decider)
 
 // WithTracing records a span per decision and per cache lookup on tp, continuing the trace Envoy
-// started: W3C traceparent from the stream's gRPC metadata (Envoy's ext_proc client span), else
-// from the VM request's headers. A nil or no-op tp records nothing and costs nothing. prop nil
-// means W3C trace context.
-func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) Option {
+// started: W3C traceparent and tracestate from the stream's gRPC metadata, where Envoy's own tracer
+// puts its ext_proc client span. Nothing the VM sent is read: not its traceparent, tracestate or
+// baggage headers (Envoy does not forward them: cmd/xds's forward_rules), and no baggage from
+// anywhere. A nil or no-op tp records nothing and costs nothing.
+func WithTracing(tp trace.TracerProvider) Option {
 	return func(d *Decider) {
 		if _, isNoop := tp.(noop.TracerProvider); tp == nil || isNoop {
 			return
 		}
 		d.tracer = tp.Tracer(InstrumentationName)
-		if prop != nil {
-			d.prop = prop
-		}
 	}
 }
 
@@ -287,19 +283,15 @@ func (ir instrumentedResolver) Resolve(ctx context.Context, q resolve.Query) (re
 	return inst, err
 }
 
-// startDecision starts the decision span, continuing the trace in md or, failing that, in the VM
-// request's headers.
-func (d *Decider) startDecision(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (context.Context, trace.Span) {
-	ctx = d.extract(ctx, md, req)
-	return d.tracer.Start(ctx, SpanDecide, trace.WithSpanKind(trace.SpanKindServer))
+// startDecision starts the decision span, continuing the trace Envoy propagated in md.
+func (d *Decider) startDecision(ctx context.Context, md metadata.MD) (context.Context, trace.Span) {
+	return d.tracer.Start(envoyTrace(ctx, md), SpanDecide, trace.WithSpanKind(trace.SpanKindServer))
 }
 
-// extract returns ctx with the remote span context Envoy propagated, if any.
-func (d *Decider) extract(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) context.Context {
-	if out := d.prop.Extract(ctx, mdCarrier(md)); trace.SpanContextFromContext(out).IsValid() {
-		return out
-	}
-	return d.prop.Extract(ctx, headerCarrier(req.GetRequestHeaders().GetHeaders().GetHeaders()))
+// envoyTrace returns ctx with the remote span context Envoy's tracer put in the stream's gRPC
+// metadata, if any: W3C trace context only (traceparent, tracestate), never baggage.
+func envoyTrace(ctx context.Context, md metadata.MD) context.Context {
+	return propagation.TraceContext{}.Extract(ctx, mdCarrier(md))
 }
 
 // endDecision sets the decision's attributes on span and ends it.
@@ -367,32 +359,6 @@ func (c mdCarrier) Keys() []string {
 	keys := make([]string, 0, len(c))
 	for k := range c {
 		keys = append(keys, k)
-	}
-	return keys
-}
-
-// headerCarrier reads trace context from the request headers Envoy sent (lower-case keys, values
-// in raw_value, or value from an Envoy that still fills it).
-type headerCarrier []*corev3.HeaderValue
-
-var _ propagation.TextMapCarrier = headerCarrier(nil)
-
-func (c headerCarrier) Get(key string) string {
-	for _, h := range c {
-		if h.GetKey() == key {
-			if raw := h.GetRawValue(); len(raw) > 0 {
-				return string(raw)
-			}
-			return h.GetValue()
-		}
-	}
-	return ""
-}
-func (c headerCarrier) Set(string, string) {}
-func (c headerCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for _, h := range c {
-		keys = append(keys, h.GetKey())
 	}
 	return keys
 }

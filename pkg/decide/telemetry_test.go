@@ -93,10 +93,9 @@ func newTraced(t *testing.T, neutron *fakeNeutron) *traced {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	prop := telemetry.Propagator()
 	client, err := osclient.NewNetworkClient(context.Background(), osclient.Options{
 		NeutronURL: srv.URL, WrapTransport: func(base http.RoundTripper) http.RoundTripper {
-			return telemetry.HTTPTransport(base, tp, prop, "neutron")
+			return telemetry.HTTPTransport(base, tp, telemetry.Propagator(), "neutron")
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -107,28 +106,39 @@ func newTraced(t *testing.T, neutron *fakeNeutron) *traced {
 	}
 	logs := &bytes.Buffer{}
 	d, err := decide.New(resolve.NewNeutron(client, resolve.NeutronOptions{}), s, answercache.Options{}, slog.New(slog.NewTextHandler(logs, nil)),
-		decide.WithTracing(tp, prop))
+		decide.WithTracing(tp))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &traced{d: d, rec: rec, neutron: neutron, logs: logs}
 }
 
-// envoyRequest is the request_headers message for a VM at addr, carrying traceparent as a request
-// header when it is not empty.
-func envoyRequest(addr, traceparent string) *extprocv3.ProcessingRequest {
+// envoyRequest is the request_headers message for a VM at addr, with the request headers vmHeaders
+// (key, value, ...) as an Envoy without cmd/xds's forward_rules would pass them on.
+func envoyRequest(addr string, vmHeaders ...string) *extprocv3.ProcessingRequest {
 	hs := []*corev3.HeaderValue{
 		{Key: ":path", RawValue: []byte("/openstack/latest/meta_data.json")},
 		{Key: ":method", RawValue: []byte("GET")},
 	}
-	if traceparent != "" {
-		hs = append(hs, &corev3.HeaderValue{Key: "traceparent", RawValue: []byte(traceparent)})
+	for i := 0; i+1 < len(vmHeaders); i += 2 {
+		hs = append(hs, &corev3.HeaderValue{Key: vmHeaders[i], RawValue: []byte(vmHeaders[i+1])})
 	}
 	return &extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: hs}}},
 		Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
 			contract.SourceAddressAttribute: structpb.NewStringValue(addr + ":41234")}}},
 	}
+}
+
+// fromEnvoy is the stream metadata of a listener of tNet with the trace context Envoy's tracer
+// adds (W3C traceparent, and more pairs key, value, ...).
+func fromEnvoy(traceparent string, more ...string) metadata.MD {
+	md := mdNet.Copy()
+	md.Set("traceparent", traceparent)
+	for i := 0; i+1 < len(more); i += 2 {
+		md.Append(more[i], more[i+1])
+	}
+	return md
 }
 
 // traceparent returns a W3C traceparent with the given trace and span ids, sampled.
@@ -248,9 +258,9 @@ func TestSpans(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			tr := newTraced(t, &fakeNeutron{})
 			if tc.warm {
-				tr.d.Decide(context.Background(), mdNet, envoyRequest(tc.addr, ""))
+				tr.d.Decide(context.Background(), mdNet, envoyRequest(tc.addr))
 			}
-			_, dec := tr.d.Decide(context.Background(), mdNet, envoyRequest(tc.addr, traceparent(traceID, spanID)))
+			_, dec := tr.d.Decide(context.Background(), fromEnvoy(traceparent(traceID, spanID)), envoyRequest(tc.addr))
 			if dec.TraceID.String() != traceID {
 				t.Errorf("decision trace id %s, want %s", dec.TraceID, traceID)
 			}
@@ -266,7 +276,7 @@ func TestSpans(t *testing.T) {
 				t.Errorf("span tree %s, want %s", got, tc.wantShape)
 			}
 			if root.span.Parent().SpanID().String() != spanID || !root.span.Parent().IsRemote() {
-				t.Errorf("decision span's parent %v, want the remote span %s from traceparent", root.span.Parent(), spanID)
+				t.Errorf("decision span's parent %v, want Envoy's remote span %s", root.span.Parent(), spanID)
 			}
 			if root.span.SpanKind() != trace.SpanKindServer {
 				t.Errorf("decision span kind %v", root.span.SpanKind())
@@ -309,15 +319,15 @@ func TestCoalescedSpans(t *testing.T) {
 	first := traceparent("11111111111111111111111111111111", "1111111111111111")
 	second := traceparent("22222222222222222222222222222222", "2222222222222222")
 	var wg sync.WaitGroup
-	wg.Go(func() { tr.d.Decide(context.Background(), mdNet, envoyRequest("10.0.0.5", first)) })
+	wg.Go(func() { tr.d.Decide(context.Background(), fromEnvoy(first), envoyRequest("10.0.0.5")) })
 	<-n.arrived // the first request's lookup is at Neutron
-	wg.Go(func() { tr.d.Decide(context.Background(), mdNet, envoyRequest("10.0.0.5", second)) })
-	// Wait for the second request's lookup span to start, then give it time to join the flight
-	// (if it did not, its outcome is hit, not coalesced, and the test says so).
-	for !startedLookups(tr.rec, 2) {
-		time.Sleep(time.Millisecond)
+	waiting := &doneWatch{Context: context.Background(), asked: make(chan struct{})}
+	wg.Go(func() { tr.d.Decide(waiting, fromEnvoy(second), envoyRequest("10.0.0.5")) })
+	select {
+	case <-waiting.asked: // the second request waits for the first one's lookup
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second request never waited for the first one's lookup")
 	}
-	time.Sleep(50 * time.Millisecond)
 	close(n.gate)
 	wg.Wait()
 
@@ -348,46 +358,56 @@ func TestCoalescedSpans(t *testing.T) {
 	}
 }
 
-func startedLookups(rec *tracetest.SpanRecorder, n int) bool {
-	count := 0
-	for _, s := range rec.Started() {
-		if s.Name() == decide.SpanCacheLookup {
-			count++
-		}
-	}
-	return count >= n
+// doneWatch is a context that tells (asked) when Done is first called. The answer cache calls it
+// only once a lookup waits for an answer, having joined the flight of another (or its own): that
+// is how the test knows the second request has joined the first one's without sleeping.
+type doneWatch struct {
+	context.Context
+	once  sync.Once
+	asked chan struct{}
 }
 
-// TestTraceContextSources: Envoy's ext_proc client span (gRPC metadata) is the parent when there is
-// one; else the request's traceparent header; else the decision starts a new trace.
-func TestTraceContextSources(t *testing.T) {
+func (c *doneWatch) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.asked) })
+	return c.Context.Done()
+}
+
+// TestTraceContextOnlyFromEnvoy: the decision continues the trace of Envoy's ext_proc client span
+// (gRPC metadata) and nothing a VM sent: a traceparent request header never becomes its parent.
+func TestTraceContextOnlyFromEnvoy(t *testing.T) {
 	const (
 		fromMD     = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 		fromHeader = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+		vmSpan     = "0807060504030201"
 	)
 	tests := map[string]struct {
 		md, header string
 		want       string // trace id; "" for a new one
 	}{
-		"gRPC metadata wins":  {md: fromMD, header: fromHeader, want: fromMD},
-		"request header":      {header: fromHeader, want: fromHeader},
-		"gRPC metadata alone": {md: fromMD, want: fromMD},
-		"none":                {},
+		"gRPC metadata, VM header ignored": {md: fromMD, header: fromHeader, want: fromMD},
+		"VM header alone: a new trace":     {header: fromHeader},
+		"gRPC metadata alone":              {md: fromMD, want: fromMD},
+		"none":                             {},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			tr := newTraced(t, &fakeNeutron{})
 			md := mdNet.Copy()
 			if tc.md != "" {
-				md.Set("traceparent", traceparent(tc.md, "0102030405060708"))
+				md = fromEnvoy(traceparent(tc.md, "0102030405060708"))
 			}
-			header := ""
+			var vm []string
 			if tc.header != "" {
-				header = traceparent(tc.header, "0807060504030201")
+				vm = []string{"traceparent", traceparent(tc.header, vmSpan), "tracestate", "vm=1"}
 			}
-			_, dec := tr.d.Decide(context.Background(), md, envoyRequest("10.0.0.5", header))
+			_, dec := tr.d.Decide(context.Background(), md, envoyRequest("10.0.0.5", vm...))
 			if !dec.TraceID.IsValid() {
 				t.Fatal("no trace id")
+			}
+			for _, s := range tr.rec.Ended() {
+				if s.Name() == decide.SpanDecide && s.Parent().SpanID().String() == vmSpan {
+					t.Errorf("the VM's span %s is the decision's parent", vmSpan)
+				}
 			}
 			if tc.want == "" {
 				if got := dec.TraceID.String(); got == fromMD || got == fromHeader {
@@ -402,12 +422,38 @@ func TestTraceContextSources(t *testing.T) {
 	}
 }
 
+// TestVMBaggageNeverReachesNeutron: baggage from the VM's request headers, or in the stream's
+// metadata, is not sent with the Neutron lookup; only the decision's own trace context is.
+func TestVMBaggageNeverReachesNeutron(t *testing.T) {
+	const traceID = "dddddddddddddddddddddddddddddddd"
+	n := &fakeNeutron{}
+	tr := newTraced(t, n)
+	md := fromEnvoy(traceparent(traceID, "0102030405060708"), "baggage", "tenant=from-metadata")
+	_, dec := tr.d.Decide(context.Background(), md, envoyRequest("10.0.0.5",
+		"baggage", "project=evil,instance=forged", "traceparent", traceparent("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "0807060504030201")))
+	if dec.Status != http.StatusOK || dec.Outcome != answercache.Miss {
+		t.Fatalf("decision %+v, want a signed miss", dec)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.headers) != 1 {
+		t.Fatalf("%d Neutron requests, want 1", len(n.headers))
+	}
+	h := n.headers[0]
+	if b := h.Values("Baggage"); len(b) != 0 {
+		t.Errorf("Neutron received baggage %q", b)
+	}
+	if tp := h.Get("Traceparent"); !strings.Contains(tp, traceID) {
+		t.Errorf("Neutron received traceparent %q, want one of trace %s (Envoy's)", tp, traceID)
+	}
+}
+
 // TestNotForwardedLogNamesTheTrace: the log line of a 404 carries the trace id, with tracing on and
 // with tracing off (then the one Envoy sent).
 func TestNotForwardedLogNamesTheTrace(t *testing.T) {
 	const traceID = "cccccccccccccccccccccccccccccccc"
 	tr := newTraced(t, &fakeNeutron{})
-	tr.d.RequestHeaders(context.Background(), mdNet, envoyRequest("10.0.0.9", traceparent(traceID, "0102030405060708")))
+	tr.d.RequestHeaders(context.Background(), fromEnvoy(traceparent(traceID, "0102030405060708")), envoyRequest("10.0.0.9"))
 	if !strings.Contains(tr.logs.String(), "trace_id="+traceID) {
 		t.Errorf("tracing on: log lacks the trace id:\n%s", tr.logs)
 	}
@@ -418,7 +464,7 @@ func TestNotForwardedLogNamesTheTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.RequestHeaders(context.Background(), mdNet, envoyRequest("10.0.0.9", traceparent(traceID, "0102030405060708")))
+	d.RequestHeaders(context.Background(), fromEnvoy(traceparent(traceID, "0102030405060708")), envoyRequest("10.0.0.9"))
 	if !strings.Contains(logs.String(), "trace_id="+traceID) || !strings.Contains(logs.String(), "status=404") {
 		t.Errorf("tracing off: log lacks the trace id:\n%s", logs.String())
 	}

@@ -104,7 +104,7 @@ func assemble(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool
 	var opts []decide.Option
 	if tel != nil {
 		if tel.Tracing {
-			opts = append(opts, decide.WithTracing(tel.TracerProvider, tel.Propagator))
+			opts = append(opts, decide.WithTracing(tel.TracerProvider))
 		}
 		opts = append(opts, decide.WithMetrics(tel.MeterProvider, sourceLabel))
 		if err := w.ready.instrument(tel.MeterProvider); err != nil {

@@ -1,6 +1,7 @@
 // Package telemetry sets up OpenTelemetry for metaproxy's services, with nothing global: a tracer
 // provider that exports spans over OTLP as the standard OTEL_* environment variables say (and is a
-// no-op, costing next to nothing, when no OTLP endpoint is set), the W3C trace-context propagator,
+// no-op, costing next to nothing, when no OTLP endpoint is set), the W3C trace-context propagator
+// (no baggage),
 // and a meter provider whose instruments are served in the Prometheus text format by an
 // http.Handler over the service's own prometheus.Registry.
 //
@@ -64,7 +65,7 @@ type Telemetry struct {
 	// Tracing says whether TracerProvider records anything. Instrumented code skips span work
 	// entirely when it is false.
 	Tracing bool
-	// Propagator reads and writes W3C trace context (traceparent, tracestate) and baggage.
+	// Propagator reads and writes W3C trace context (traceparent, tracestate), never baggage.
 	Propagator propagation.TextMapPropagator
 	// MeterProvider feeds Registry, served by MetricsHandler.
 	MeterProvider metric.MeterProvider
@@ -119,10 +120,9 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	return t, nil
 }
 
-// Propagator returns the propagator metaproxy uses: W3C trace context, then W3C baggage.
-func Propagator() propagation.TextMapPropagator {
-	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-}
+// Propagator returns the propagator metaproxy uses: W3C trace context only. Baggage is neither read
+// nor sent: a member a VM could have set would otherwise travel with every request to Neutron.
+func Propagator() propagation.TextMapPropagator { return propagation.TraceContext{} }
 
 // MetricsHandler serves the registry in the Prometheus exposition formats.
 func (t *Telemetry) MetricsHandler() http.Handler {
