@@ -11,14 +11,11 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 
@@ -64,42 +61,26 @@ type Decider struct {
 	signer *sign.Signer
 	log    *slog.Logger
 	limit  *logLimiter
-
-	// Telemetry, all optional (see Option).
-	tracer          trace.Tracer // nil: no spans, no trace-context extraction on the hot path
-	metricsProvider metric.MeterProvider
-	source          string
-	metrics         *metrics // nil: no metrics
-	logLimit        LogLimit
+	obs    observer
 }
 
 // New returns a Decider that resolves through r (cached with opt), signs with s and logs every
 // request that is not forwarded to nova on log (rate-limited). Options add tracing and metrics.
 func New(r resolve.Resolver, s *sign.Signer, opt answercache.Options, log *slog.Logger, opts ...Option) (*Decider, error) {
-	d := &Decider{signer: s, log: log, logLimit: DefaultLogLimit()}
+	cfg := options{logLimit: DefaultLogLimit()}
 	for _, o := range opts {
-		o(d)
+		o(&cfg)
 	}
-	d.limit = newLogLimiter(d.logLimit)
-	if d.metricsProvider != nil {
-		size := opt.Size
-		if size <= 0 {
-			size = answercache.DefaultSize
-		}
-		m, err := newMetrics(d.metricsProvider, d.source, func() int { return d.CacheLen() }, size)
-		if err != nil {
-			return nil, fmt.Errorf("decision metrics: %w", err)
-		}
-		d.metrics = m
-		r = instrumentedResolver{r: r, m: m}
-		onEvict := opt.OnEvict
-		opt.OnEvict = func() {
-			m.evictions.Add(1)
-			if onEvict != nil {
-				onEvict()
-			}
-		}
+	d := &Decider{signer: s, log: log, limit: newLogLimiter(cfg.logLimit)}
+	capacity := opt.Size
+	if capacity <= 0 {
+		capacity = answercache.DefaultSize
 	}
+	var err error
+	if d.obs, err = newObserver(cfg, d.CacheLen, capacity); err != nil {
+		return nil, fmt.Errorf("decision metrics: %w", err)
+	}
+	r, opt.OnEvict = d.obs.watch(r, opt.OnEvict)
 	d.cache = answercache.New(r, d.build, opt)
 	return d, nil
 }
@@ -139,9 +120,7 @@ var seeNovaResponse = &extprocfv3.ProcessingMode{ResponseHeaderMode: extprocfv3.
 
 // novaVerdict records what nova answered a request signed for dec.Instance.
 func (d *Decider) novaVerdict(ctx context.Context, dec Decision, status int) {
-	if d.metrics != nil {
-		d.metrics.novaVerdicts.Add(ctx, 1, metric.WithAttributes(attribute.Int("status", status)))
-	}
+	d.obs.novaVerdict(ctx, status)
 	attrs := []slog.Attr{slog.Int("nova_status", status), slog.String("instance_id", dec.Instance.InstanceID),
 		slog.String(dec.Query.Scope.Kind.String(), dec.Query.Scope.ID), slog.String("vm_addr", dec.Query.Addr.String())}
 	switch {
@@ -162,9 +141,7 @@ func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
 	}
 	ok, dropped := d.limit.allow(key)
 	if !ok {
-		if d.metrics != nil {
-			d.metrics.suppressed.Add(ctx, 1)
-		}
+		d.obs.logSuppressed(ctx)
 		return
 	}
 	level := slog.LevelInfo
@@ -180,26 +157,9 @@ func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
 
 // Decide answers one request_headers message and says what it decided.
 func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
-	var start time.Time
-	if d.metrics != nil {
-		start = time.Now()
-	}
-	var span trace.Span
-	if d.tracer != nil {
-		ctx, span = d.startDecision(ctx, md)
-	}
+	ctx, ob := d.obs.begin(ctx, md)
 	resp, dec := d.decide(ctx, md, req)
-	switch {
-	case span != nil:
-		dec.TraceID = span.SpanContext().TraceID()
-		endDecision(span, &dec)
-	case dec.Status != http.StatusOK:
-		// No span, but the line logged for this decision can still name Envoy's trace.
-		dec.TraceID = trace.SpanContextFromContext(envoyTrace(ctx, md)).TraceID()
-	}
-	if d.metrics != nil {
-		d.metrics.record(ctx, &dec, time.Since(start))
-	}
+	d.obs.end(ctx, md, ob, &dec)
 	return resp, dec
 }
 
@@ -210,15 +170,9 @@ func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 		errors.As(err, &re)
 		return Immediate(re.Status, re.Message), Decision{Status: re.Status, Err: err}
 	}
-	var (
-		a       answer
-		outcome answercache.Outcome
-	)
-	if d.tracer != nil {
-		a, outcome, err = d.tracedLookup(ctx, q)
-	} else {
-		a, outcome, err = d.cache.Lookup(ctx, q)
-	}
+	lookupCtx, lookup := d.obs.lookupStarted(ctx, q)
+	a, outcome, err := d.cache.Lookup(lookupCtx, q)
+	d.obs.lookupDone(lookup, outcome, err)
 	dec := Decision{Query: q, Outcome: outcome}
 	if err == nil {
 		dec.Instance, dec.Status = a.instance(q.Scope), http.StatusOK
