@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -80,7 +81,7 @@ func New(r resolve.Resolver, s *sign.Signer, opt answercache.Options, log *slog.
 	if d.obs, err = newObserver(cfg, d.CacheLen, capacity); err != nil {
 		return nil, fmt.Errorf("decision metrics: %w", err)
 	}
-	r, opt.OnEvict = d.obs.watch(r, opt.OnEvict)
+	r, opt.OnEvict = d.obs.watch(guarded{r: r, log: log}, opt.OnEvict)
 	d.cache = answercache.New(r, d.build, opt)
 	return d, nil
 }
@@ -200,8 +201,33 @@ func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 }
 
 // build signs once per cache fill; every later hit only builds the message (answer.response).
-func (d *Decider) build(q resolve.Query, inst resolve.Instance) (answer, error) {
+func (d *Decider) build(q resolve.Query, inst resolve.Instance) (a answer, err error) {
+	defer recoverAs(&err, d.log, "signing the answer")
 	return newAnswer(q.Scope, inst, d.signer.Sum(inst.InstanceID))
+}
+
+// guarded is the resolver the cache asks. The cache resolves and builds on a goroutine of its own
+// (one per key in flight), where no stream can recover a panic: one there (a bug in the resolver
+// or in the client under it) becomes the lookup's error, answered 500, instead of the end of the
+// process.
+type guarded struct {
+	r   resolve.Resolver
+	log *slog.Logger
+}
+
+// Resolve implements resolve.Resolver.
+func (g guarded) Resolve(ctx context.Context, q resolve.Query) (inst resolve.Instance, err error) {
+	defer recoverAs(&err, g.log, "the port source")
+	return g.r.Resolve(ctx, q)
+}
+
+// recoverAs, deferred, turns a panic into *err and logs it with its stack.
+func recoverAs(err *error, log *slog.Logger, what string) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%s panicked: %v", what, r)
+		log.Error("panic in "+what+": the lookup fails (500); this is a bug, report it with this stack",
+			"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	}
 }
 
 // rawHeader overwrites key with value. Only raw_value is filled (value alone reaches nova as an

@@ -160,3 +160,29 @@ func BenchmarkMemoryPerCachedVM(b *testing.B) {
 		runtime.KeepAlive(d)
 	}
 }
+
+// panics is a resolver with a bug.
+type panics struct{}
+
+func (panics) Resolve(context.Context, resolve.Query) (resolve.Instance, error) {
+	var inst *resolve.Instance
+	return *inst, nil // nil dereference
+}
+
+// TestResolverPanicIsAnError: a panic in the port source, which runs on the cache's own goroutine
+// where no stream could recover it, answers 500 instead of ending the process.
+func TestResolverPanicIsAnError(t *testing.T) {
+	var logs bytes.Buffer
+	s, _ := sign.New([]byte("s3cr3t"))
+	d, err := New(panics{}, s, answercache.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, dec := d.Decide(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"), req("10.0.0.5:1"))
+	if dec.Status != http.StatusInternalServerError || resp.GetImmediateResponse().GetStatus().GetCode() != http.StatusInternalServerError {
+		t.Fatalf("decision %+v, response %v; want a 500", dec, resp)
+	}
+	if !strings.Contains(logs.String(), "panic in the port source") {
+		t.Errorf("the panic is not logged:\n%s", logs.String())
+	}
+}

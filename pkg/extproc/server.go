@@ -11,9 +11,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strconv"
+	"sync/atomic"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,33 +43,41 @@ type Server struct {
 
 	inFlight metric.Int64UpDownCounter // nil: not measured
 	streams  metric.Int64Counter
+	panics   metric.Int64Counter
+
+	lastPanicLog atomic.Int64 // unix nanoseconds of the last panic logged
 }
 
-// MetricStreamsInFlight and MetricStreams are the metrics a Server with WithMetrics exports.
+// MetricStreamsInFlight, MetricStreams and MetricPanics are the metrics a Server with WithMetrics
+// exports.
 const (
 	MetricStreamsInFlight = "metaproxy_extproc_streams_in_flight"
 	MetricStreams         = "metaproxy_extproc_streams_total"
+	MetricPanics          = "metaproxy_extproc_panics_total"
 )
 
 // ServerOption configures a Server.
 type ServerOption func(*Server) error
 
-// WithMetrics counts streams on mp: those open now (MetricStreamsInFlight) and all that were
-// opened (MetricStreams).
+// WithMetrics counts streams on mp: those open now (MetricStreamsInFlight), all that were opened
+// (MetricStreams), and the panics recovered while answering one (MetricPanics).
 func WithMetrics(mp metric.MeterProvider) ServerOption {
 	return func(s *Server) error {
 		meter := mp.Meter("github.com/metaproxy/metaproxy/pkg/extproc")
-		var err1, err2 error
+		var err1, err2, err3 error
 		s.inFlight, err1 = meter.Int64UpDownCounter("metaproxy.extproc.streams.in_flight", metric.WithUnit("{stream}"),
 			metric.WithDescription("ext_proc streams (one per VM request) open now."))
 		s.streams, err2 = meter.Int64Counter("metaproxy.extproc.streams", metric.WithUnit("{stream}"),
 			metric.WithDescription("ext_proc streams (one per VM request) opened by Envoy."))
-		if err := errors.Join(err1, err2); err != nil {
+		s.panics, err3 = meter.Int64Counter("metaproxy.extproc.panics", metric.WithUnit("{panic}"),
+			metric.WithDescription("Panics recovered while answering an ext_proc stream: each answered its request with a 500 (a bug: report it with the logged stack)."))
+		if err := errors.Join(err1, err2, err3); err != nil {
 			return err
 		}
-		// Export both from the start, so that the first stream is a change a rate() can see.
+		// Export them from the start, so that the first stream is a change a rate() can see.
 		s.inFlight.Add(context.Background(), 0)
 		s.streams.Add(context.Background(), 0)
+		s.panics.Add(context.Background(), 0)
 		return nil
 	}
 }
@@ -76,7 +89,7 @@ func NewServer(proc Processor, log *slog.Logger, opts ...ServerOption) *Server {
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			log.Error("ext_proc server option", "error", err)
-			s.inFlight, s.streams = nil, nil
+			s.inFlight, s.streams, s.panics = nil, nil, nil
 		}
 	}
 	return s
@@ -104,31 +117,70 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return status.Errorf(codes.Unknown, "receive: %v", err)
 		}
-		var resp *extprocv3.ProcessingResponse
-		switch req.GetRequest().(type) {
-		case *extprocv3.ProcessingRequest_RequestHeaders:
-			resp, check = s.proc.RequestHeaders(ctx, md, req)
-		case *extprocv3.ProcessingRequest_ResponseHeaders:
-			if check != nil {
-				check(ctx, responseStatus(req.GetResponseHeaders()))
-				check = nil
-			}
-			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
-		case *extprocv3.ProcessingRequest_RequestBody:
-			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
-		case *extprocv3.ProcessingRequest_ResponseBody:
-			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
-		case *extprocv3.ProcessingRequest_RequestTrailers:
-			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
-		case *extprocv3.ProcessingRequest_ResponseTrailers:
-			resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
-		default:
-			return status.Error(codes.InvalidArgument, "processing request with no phase")
+		resp, err := s.answer(ctx, md, req, &check)
+		if err != nil {
+			return err
 		}
 		if err := stream.Send(resp); err != nil {
 			return sendError(ctx, err)
 		}
 	}
+}
+
+// answer returns the response to one message of a stream. check is the stream's pending check of
+// the upstream's status (see Processor). A panic while answering (a bug: bad input gets an error
+// response, never a panic) answers that request with a 500 immediate response, and is counted
+// and logged: it costs one request, not the process.
+func (s *Server) answer(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest, check *func(context.Context, int)) (resp *extprocv3.ProcessingResponse, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			*check = nil
+			resp, err = s.recovered(ctx, r), nil
+		}
+	}()
+	switch req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		resp, *check = s.proc.RequestHeaders(ctx, md, req)
+		return resp, nil
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		if f := *check; f != nil {
+			*check = nil
+			f(ctx, responseStatus(req.GetResponseHeaders()))
+		}
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}, nil
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}, nil
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}, nil
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}, nil
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}, nil
+	default:
+		return nil, status.Error(codes.InvalidArgument, "processing request with no phase")
+	}
+}
+
+// recovered counts and logs the panic r (with its stack, at most once a second) and returns the
+// 500 immediate response that answers the request instead.
+func (s *Server) recovered(ctx context.Context, r any) *extprocv3.ProcessingResponse {
+	if s.panics != nil {
+		s.panics.Add(ctx, 1)
+	}
+	now := time.Now().UnixNano()
+	if last := s.lastPanicLog.Load(); now-last >= int64(time.Second) && s.lastPanicLog.CompareAndSwap(last, now) {
+		s.log.Error("panic while answering an ext_proc stream: the request was answered 500; this is a bug, report it with this stack",
+			"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
+		Status: &typev3.HttpStatus{Code: typev3.StatusCode_InternalServerError},
+		Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: "content-type", RawValue: []byte("text/plain; charset=utf-8")},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}}},
+		Body:    []byte("Internal error identifying this instance\n"),
+		Details: "metaproxy_panic",
+	}}}
 }
 
 // sendError turns a failed send into the stream's end: nil when Envoy went away.

@@ -14,6 +14,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -436,4 +438,127 @@ func TestResponseHeadersReachTheCheck(t *testing.T) {
 	if got := <-p.got; got != 403 {
 		t.Errorf("check saw status %d, want 403", got)
 	}
+}
+
+// panicky panics on the request_headers of 10.0.0.66 and in the check of nova's status 500;
+// it answers any other request like verdictProcessor.
+type panicky struct{}
+
+func (panicky) RequestHeaders(_ context.Context, _ metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+	src := req.GetAttributes()[contract.ExtProcAttributesKey].GetFields()[contract.SourceAddressAttribute].GetStringValue()
+	if strings.HasPrefix(src, "10.0.0.66:") {
+		var m map[string]int
+		m["boom"]++ // a nil-map write: a real runtime panic
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
+		func(_ context.Context, status int) {
+			if status == 500 {
+				panic("check")
+			}
+		}
+}
+
+// TestPanicCostsOneRequest: a panic while answering a stream, in the decision or in the check of
+// nova's answer, answers that request 500 and is counted; the server goes on serving, on the same
+// connection, over a real UNIX socket.
+func TestPanicCostsOneRequest(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	var logs syncBuffer
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := listen.Open("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := extproc.NewGRPCServer(extproc.NewServer(panicky{}, slog.New(slog.NewTextHandler(&logs, nil)), extproc.WithMetrics(mp)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- extproc.Serve(ctx, g, l) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	isPanic500 := func(resp *extprocv3.ProcessingResponse) bool {
+		ir := resp.GetImmediateResponse()
+		return ir.GetStatus().GetCode() == 500 && strings.Contains(string(ir.GetBody()), "Internal error")
+	}
+	if resp := roundTrip(t, conn, metadata.MD{}, envoyHeaders("10.0.0.66:1")); !isPanic500(resp) {
+		t.Fatalf("panicking decision answered %v, want a 500 immediate response", resp)
+	}
+	if resp := roundTrip(t, conn, metadata.MD{}, envoyHeaders("10.0.0.5:1")); resp.GetRequestHeaders() == nil {
+		t.Fatalf("after a panic: %v, want the request answered", resp)
+	}
+
+	// A panic in the check of nova's status, on the response_headers message.
+	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(envoyHeaders("10.0.0.5:2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", RawValue: []byte("500")}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.Recv(); err != nil || !isPanic500(resp) {
+		t.Fatalf("panicking check answered %v, %v; want a 500 immediate response", resp, err)
+	}
+	stream.CloseSend()
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter(rm, "metaproxy.extproc.panics"); got != 2 {
+		t.Errorf("panics counted %d, want 2", got)
+	}
+	if !strings.Contains(logs.String(), "panic while answering") || !strings.Contains(logs.String(), "stack=") {
+		t.Errorf("the panic is not logged with its stack:\n%s", logs.String())
+	}
+}
+
+// counter returns the value of the int64 counter name in rm (0 when absent).
+func counter(rm metricdata.ResourceMetrics, name string) int64 {
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if s, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name {
+				var n int64
+				for _, dp := range s.DataPoints {
+					n += dp.Value
+				}
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
