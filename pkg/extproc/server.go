@@ -228,15 +228,35 @@ func SetServing(h *health.Server, serving bool) {
 	h.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, st)
 }
 
-// Serve runs g on l until ctx is done, then stops gracefully.
-func Serve(ctx context.Context, g *grpc.Server, l net.Listener) error {
+// DefaultShutdownGrace is how long Serve lets the streams in flight finish once ctx is done: well
+// above the longest decision (a Neutron lookup within the listener's message_timeout), and below
+// systemd's TimeoutStopSec of the unit (deploy/systemd/metaproxy-extproc.service: 20 s), with room
+// left for the flush of the last spans (5 s at most).
+const DefaultShutdownGrace = 10 * time.Second
+
+// Serve runs g on l until ctx is done, then stops gracefully: no new stream is accepted and those
+// in flight may finish for up to grace; then the streams left (one whose check waits on a slow
+// nova, a client that never ends its stream) are cut (Stop), so that shutdown is bounded.
+func Serve(ctx context.Context, g *grpc.Server, l net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(l) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("grpc server: %w", err)
 	case <-ctx.Done():
-		g.GracefulStop()
-		return nil
 	}
+	stopped := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(stopped)
+	}()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		g.Stop()
+		<-stopped
+	}
+	return nil
 }

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -84,7 +87,7 @@ func start(t *testing.T) (*grpc.ClientConn, *ports, func(bool)) {
 	g, h := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- extproc.Serve(ctx, g, l) }()
+	go func() { done <- extproc.Serve(ctx, g, l, time.Second) }()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -415,7 +418,7 @@ func TestResponseHeadersReachTheCheck(t *testing.T) {
 	g, _ := extproc.NewGRPCServer(extproc.NewServer(p, slog.New(slog.DiscardHandler)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go extproc.Serve(ctx, g, l)
+	go extproc.Serve(ctx, g, l, time.Second)
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -473,7 +476,7 @@ func TestPanicCostsOneRequest(t *testing.T) {
 	g, _ := extproc.NewGRPCServer(extproc.NewServer(panicky{}, slog.New(slog.NewTextHandler(&logs, nil)), extproc.WithMetrics(mp)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- extproc.Serve(ctx, g, l) }()
+	go func() { done <- extproc.Serve(ctx, g, l, time.Second) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -561,4 +564,111 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// held answers request_headers only once release is closed, and says when one arrived.
+type held struct {
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func (h held) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+	h.arrived <- struct{}{}
+	<-h.release
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}, nil
+}
+
+// serveFor runs p on a UNIX socket with the shutdown grace given and returns a connection, the
+// socket path, the cancel that starts the shutdown and the channel Serve's result arrives on.
+func serveFor(t *testing.T, p extproc.Processor, grace time.Duration) (*grpc.ClientConn, string, context.CancelFunc, chan error) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := listen.Open("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := extproc.NewGRPCServer(extproc.NewServer(p, slog.New(slog.DiscardHandler)))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- extproc.Serve(ctx, g, l, grace) }()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, sock, cancel, done
+}
+
+// stopped fails the test unless Serve returns (the bound is only there so a hung shutdown fails
+// the test instead of the test binary's timeout).
+func stopped(t *testing.T, done chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("shutdown did not end")
+	}
+}
+
+// TestShutdownCutsAStreamThatNeverEnds: a client that opens a stream and never ends it does not
+// hold the shutdown past the grace: the stream is cut and Serve returns.
+func TestShutdownCutsAStreamThatNeverEnds(t *testing.T) {
+	conn, _, cancel, done := serveFor(t, verdictProcessor{got: make(chan int, 1)}, 50*time.Millisecond)
+	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(envoyHeaders("10.0.0.5:1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil { // the stream is open on the server: it answered
+		t.Fatal(err)
+	}
+	cancel() // and it is never half-closed
+	stopped(t, done)
+	if _, err := stream.Recv(); err == nil {
+		t.Fatal("the stream outlived the server")
+	}
+}
+
+// TestShutdownLetsStreamsInFlightFinish: within the grace, a stream being answered when the
+// shutdown starts gets its answer, and no new connection is accepted meanwhile.
+func TestShutdownLetsStreamsInFlightFinish(t *testing.T) {
+	p := held{arrived: make(chan struct{}, 1), release: make(chan struct{})}
+	conn, sock, cancel, done := serveFor(t, p, time.Minute)
+	answered := make(chan *extprocv3.ProcessingResponse, 1)
+	go func() {
+		ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, net1))
+		stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+		if err == nil {
+			err = stream.Send(envoyHeaders("10.0.0.5:1"))
+		}
+		var resp *extprocv3.ProcessingResponse
+		if err == nil {
+			resp, _ = stream.Recv()
+			stream.CloseSend() // as Envoy does once answered: the stream ends
+			stream.Recv()
+		}
+		answered <- resp
+	}()
+	<-p.arrived // the decision is under way
+	cancel()
+	// The shutdown has begun once the listener refuses connections.
+	for {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		c.Close()
+		runtime.Gosched()
+	}
+	close(p.release)
+	if resp := <-answered; resp.GetRequestHeaders() == nil {
+		t.Fatalf("the stream in flight got %v, want its answer", resp)
+	}
+	stopped(t, done)
 }

@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/secretfile"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
@@ -43,6 +44,9 @@ type Config struct {
 	Demo           bool          `yaml:"-"`
 
 	Cache CacheConfig `yaml:"cache"`
+
+	// ShutdownGrace bounds how long streams in flight may finish after SIGTERM; the rest are cut.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 
 	LogFormat string `yaml:"log_format"`
 	LogLevel  string `yaml:"log_level"`
@@ -77,6 +81,7 @@ func DefaultConfig() Config {
 		AllowedPeers:   slices.Clone(listen.DefaultPeers),
 		NeutronTimeout: 3 * time.Second,
 		Cache:          CacheConfig{TTL: 10 * time.Second, NegativeTTL: 2 * time.Second, StaleWindow: 5 * time.Minute, Size: 100000},
+		ShutdownGrace:  extproc.DefaultShutdownGrace,
 		LogFormat:      "text",
 		LogLevel:       "info",
 	}
@@ -102,6 +107,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.Cache.NegativeTTL, "cache-negative-ttl", c.Cache.NegativeTTL, "how long 'no such port' (404) and 'several ports' (500) answers are kept")
 	fs.DurationVar(&c.Cache.StaleWindow, "cache-stale-window", c.Cache.StaleWindow, "while Neutron is unreachable, answers up to this much older than their TTL are still served (0 disables)")
 	fs.IntVar(&c.Cache.Size, "cache-size", c.Cache.Size, "maximum cached (network, address) answers; the least recently used go first")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "after SIGTERM, how long streams in flight may finish before the rest are cut; keep it below the service manager's stop timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds) less 5s for the last spans")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: `text` or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 }
@@ -133,6 +139,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.Size <= 0 {
 		errs = append(errs, errors.New("--cache-size must be positive"))
+	}
+	if c.ShutdownGrace <= 0 {
+		errs = append(errs, errors.New("--shutdown-grace must be positive"))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))

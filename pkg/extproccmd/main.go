@@ -129,7 +129,7 @@ func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, t
 			}
 		})
 	})
-	wg.Go(func() { errc <- extproc.Serve(ctx, g, l) })
+	wg.Go(func() { errc <- extproc.Serve(ctx, g, l, cfg.ShutdownGrace) })
 	if cfg.AdminListen != "" {
 		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(w.ready, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() { errc <- serveHTTP(ctx, admin) })

@@ -80,7 +80,7 @@ func serveMetaproxy(t *testing.T, d *decide.Decider) string {
 	g, _ := extproc.NewGRPCServer(extproc.NewServer(d, slog.New(slog.DiscardHandler)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- extproc.Serve(ctx, g, l) }()
+	go func() { done <- extproc.Serve(ctx, g, l, time.Second) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return addr
 }
