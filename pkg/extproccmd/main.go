@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -96,6 +97,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return serve(ctx, cfg, sec, w, tel, log)
 }
 
+// serve runs the service until ctx is done. Both listeners are opened first, so that an address in
+// use is an error at start, and nothing reports ready (gRPC health, /readyz) before both are bound.
 func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, tel *telemetry.Telemetry, log *slog.Logger) error {
 	refusals, err := newRefusals(log, tel.MeterProvider)
 	if err != nil {
@@ -110,12 +113,33 @@ func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, t
 		raw.Close()
 		return err
 	}
+	var adminL net.Listener
+	adminAddr := "off"
+	if cfg.AdminListen != "" {
+		if adminL, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			l.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		adminAddr = adminL.Addr().String()
+	}
 	g, health := extproc.NewGRPCServer(extproc.NewServer(w.decider, log, extproc.WithMetrics(tel.MeterProvider)), grpcOpts...)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	listenAddr := cfg.Listen
+	if l.Addr().Network() == "tcp" {
+		listenAddr = l.Addr().String() // the port bound, when the configuration asked for 0
+	}
+	log.Info("extproc started", "version", version.String(), "listen", listenAddr, "admin", adminAddr,
+		"source", w.source, "secret_from", w.secretFrom, "cache_ttl", cfg.Cache.TTL, "stale_window", cfg.Cache.StaleWindow,
+		"tracing", tracingState(tel))
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
+	wg.Go(func() { errc <- extproc.Serve(ctx, g, l, cfg.ShutdownGrace) })
+	if adminL != nil {
+		admin := &http.Server{Handler: adminMux(w.ready, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { errc <- serveHTTP(ctx, admin, adminL) })
+	}
 	wg.Go(func() {
 		// gRPC health turns SERVING the first time the service is ready and stays so: answers
 		// still cached (or negative) can be served while Neutron is down, so Envoy's health check
@@ -129,14 +153,6 @@ func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, t
 			}
 		})
 	})
-	wg.Go(func() { errc <- extproc.Serve(ctx, g, l, cfg.ShutdownGrace) })
-	if cfg.AdminListen != "" {
-		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(w.ready, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
-		wg.Go(func() { errc <- serveHTTP(ctx, admin) })
-	}
-	log.Info("extproc started", "version", version.String(), "listen", cfg.Listen, "admin", cfg.AdminListen,
-		"source", w.source, "secret_from", w.secretFrom, "cache_ttl", cfg.Cache.TTL, "stale_window", cfg.Cache.StaleWindow,
-		"tracing", tracingState(tel))
 
 	var first error
 	select {
@@ -176,12 +192,13 @@ func adminMux(r *readiness, metrics http.Handler) *http.ServeMux {
 	return mux
 }
 
-func serveHTTP(ctx context.Context, s *http.Server) error {
+// serveHTTP serves s on l until ctx is done, then shuts it down (5 s at most).
+func serveHTTP(ctx context.Context, s *http.Server, l net.Listener) error {
 	errc := make(chan error, 1)
-	go func() { errc <- s.ListenAndServe() }()
+	go func() { errc <- s.Serve(l) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("admin listener %s: %w", s.Addr, err)
+		return fmt.Errorf("admin listener %s: %w", l.Addr(), err)
 	case <-ctx.Done():
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

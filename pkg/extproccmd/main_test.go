@@ -3,6 +3,7 @@ package extproccmd
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -97,16 +99,6 @@ func TestSecretPrecedence(t *testing.T) {
 	})
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // syncBuffer is a log sink safe for the server's goroutines.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -120,45 +112,115 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-// TestServeFromPortsFile runs the whole command: config, ports file, secret from env, gRPC on a UNIX
-// socket, health and /readyz; and checks the secret and signature never reach the log.
-func TestServeFromPortsFile(t *testing.T) {
-	const secret = "a-secret-that-must-not-be-logged"
-	t.Setenv(SecretEnv, secret)
-	ports := writeFile(t, "ports.json", string(demo.Ports()))
-	sock := filepath.Join(t.TempDir(), "extproc.sock")
-	admin := freePort(t)
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Main(ctx, []string{"--listen", "unix://" + sock, "--admin-listen", admin, "--ports-file", ports, "--log-format", "json", "--log-level", "debug"}, io.Discard, logs)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Main: %v", err)
-		}
-		if strings.Contains(logs.String(), secret) {
-			t.Errorf("the secret is in the log:\n%s", logs)
-		}
-	}()
+// testSecret is the shared secret run gives cmd/extproc: it must never reach the log.
+const testSecret = "a-secret-that-must-not-be-logged"
 
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// running is cmd/extproc as run started it.
+type running struct {
+	listen string // the gRPC listener as bound: unix://PATH or HOST:PORT
+	admin  string // the admin listener as bound
+	logs   *syncBuffer
+	stop   func() // stops Main and fails the test if it returned an error; idempotent
+}
+
+// run starts Main with args plus, unless they give them, a UNIX socket to listen on and the demo
+// ports file (not with --demo); always an admin listener on 127.0.0.1:0 and JSON logs. It returns
+// once /readyz answers 200; Main stops when the test ends. The addresses are read from the "extproc
+// started" line, which Main writes once both listeners are bound and before anything serves or
+// reports ready: no port is picked by closing a listener and hoping it stays free.
+func run(t *testing.T, args ...string) *running {
+	t.Helper()
+	t.Setenv(SecretEnv, testSecret)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+	if !slices.Contains(args, "--listen") {
+		args = append(args, "--listen", "unix://"+filepath.Join(t.TempDir(), "extproc.sock"))
+	}
+	if !slices.Contains(args, "--demo") && !slices.Contains(args, "--ports-file") {
+		args = append(args, "--ports-file", writeFile(t, "ports.json", string(demo.Ports())))
+	}
+	args = append(args, "--admin-listen", "127.0.0.1:0", "--log-format", "json")
+	r := &running{logs: &syncBuffer{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	exited := make(chan struct{})
+	var mainErr error
+	go func() {
+		defer close(exited)
+		mainErr = Main(ctx, args, io.Discard, r.logs)
+	}()
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-exited
+			if mainErr != nil {
+				t.Errorf("Main: %v\n%s", mainErr, r.logs)
+			}
+		})
+	}
+	t.Cleanup(r.stop)
+
+	waitFor(t, func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("Main returned before serving: %v\n%s", mainErr, r.logs)
+		default:
+		}
+		for line := range strings.Lines(r.logs.String()) {
+			var entry struct{ Msg, Listen, Admin string }
+			if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == "extproc started" {
+				r.listen, r.admin = entry.Listen, entry.Admin
+			}
+		}
+		return r.admin != ""
+	})
+	waitFor(t, func() bool {
+		resp, err := http.Get("http://" + r.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return r
+}
+
+// dial connects to r's gRPC listener in plain text (a UNIX socket, or TCP with --demo) and waits
+// until gRPC health says SERVING.
+func (r *running) dial(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(r.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	waitFor(t, func() bool {
-		r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING
+		h, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+		return err == nil && h.GetStatus() == healthpb.HealthCheckResponse_SERVING
 	})
-	resp, err := http.Get("http://" + admin + "/readyz")
+	return conn
+}
+
+// TestServeFromPortsFile runs the whole command: config, ports file, secret from env, gRPC on a UNIX
+// socket, health and /readyz; and checks the secret and signature never reach the log.
+func TestServeFromPortsFile(t *testing.T) {
+	r := run(t, "--log-level", "debug")
+	defer func() {
+		r.stop()
+		if strings.Contains(r.logs.String(), testSecret) {
+			t.Errorf("the secret is in the log:\n%s", r.logs)
+		}
+	}()
+	conn := r.dial(t)
+
+	// gRPC health says SERVING: /readyz answers on the admin listener, bound before it.
+	resp, err := http.Get("http://" + r.admin + "/readyz")
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz: %v %v", resp, err)
 	}
 	resp.Body.Close()
 
+	ctx := context.Background()
 	for _, ip := range []string{"10.0.0.5", "10.0.0.9"} {
 		sctx := metadata.AppendToOutgoingContext(ctx, contract.NetworkIDMetadata, demo.NetworkA)
 		stream, err := extprocv3.NewExternalProcessorClient(conn).Process(sctx)
@@ -170,19 +232,35 @@ func TestServeFromPortsFile(t *testing.T) {
 			Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
 				contract.SourceAddressAttribute: structpb.NewStringValue(ip + ":1234")}}},
 		})
-		r, err := stream.Recv()
+		resp, err := stream.Recv()
 		if err != nil {
 			t.Fatal(err)
 		}
 		stream.CloseSend()
-		if ip == "10.0.0.5" && r.GetRequestHeaders() == nil {
-			t.Errorf("known VM: %v", r)
+		if ip == "10.0.0.5" && resp.GetRequestHeaders() == nil {
+			t.Errorf("known VM: %v", resp)
 		}
-		if ip == "10.0.0.9" && r.GetImmediateResponse().GetStatus().GetCode() != 404 {
-			t.Errorf("unknown VM: %v", r)
+		if ip == "10.0.0.9" && resp.GetImmediateResponse().GetStatus().GetCode() != 404 {
+			t.Errorf("unknown VM: %v", resp)
 		}
 	}
-	waitFor(t, func() bool { return strings.Contains(logs.String(), "metadata request not forwarded") })
+	waitFor(t, func() bool { return strings.Contains(r.logs.String(), "metadata request not forwarded") })
+}
+
+// TestListenersAreOpenedAtStart: an admin address in use is an error at start, before anything
+// serves, not a background failure after health said SERVING.
+func TestListenersAreOpenedAtStart(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	t.Setenv(SecretEnv, "s")
+	err = Main(context.Background(), []string{"--listen", "unix://" + filepath.Join(t.TempDir(), "s.sock"),
+		"--admin-listen", taken.Addr().String(), "--ports-file", writeFile(t, "p.json", string(demo.Ports()))}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "admin listener") {
+		t.Fatalf("err = %v, want the admin listener's error", err)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,9 +11,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -78,32 +74,8 @@ next:
 // TestMetricsMoveWithRequests runs the command, sends VM requests over gRPC and checks the counters
 // on /metrics, scraped over HTTP, move as they should.
 func TestMetricsMoveWithRequests(t *testing.T) {
-	t.Setenv(SecretEnv, "a-secret")
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
-	ports := writeFile(t, "ports.json", string(demo.Ports()))
-	sock := filepath.Join(t.TempDir(), "extproc.sock")
-	admin := freePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Main(ctx, []string{"--listen", "unix://" + sock, "--admin-listen", admin, "--ports-file", ports}, io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Main: %v", err)
-		}
-	}()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	waitFor(t, func() bool {
-		r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING
-	})
+	r := run(t)
+	admin, conn, ctx := r.admin, r.dial(t), context.Background()
 
 	ask := func(ip string) {
 		t.Helper()

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,44 +25,6 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/resolve/demo"
 	"github.com/metaproxy/metaproxy/pkg/tlsfiles/tlstest"
 )
-
-// running is cmd/extproc started by a test, with its admin address and log.
-type running struct {
-	admin string
-	logs  *syncBuffer
-}
-
-// run starts Main with args (plus a ports file and an admin listener) until the test ends, and
-// waits until /readyz answers.
-func run(t *testing.T, args ...string) *running {
-	t.Helper()
-	t.Setenv(SecretEnv, "a-secret")
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
-	r := &running{admin: freePort(t), logs: &syncBuffer{}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	args = append(args, "--admin-listen", r.admin)
-	if !slices.Contains(args, "--demo") {
-		args = append(args, "--ports-file", writeFile(t, "ports.json", string(demo.Ports())))
-	}
-	go func() { done <- Main(ctx, args, io.Discard, r.logs) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Main: %v\n%s", err, r.logs)
-		}
-	})
-	waitFor(t, func() bool {
-		resp, err := http.Get("http://" + r.admin + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return r
-}
 
 // decideOnce runs one ext_proc stream for demo VM 10.0.0.5 on network A over conn and returns the
 // instance id it was signed as.
@@ -162,8 +122,8 @@ func TestTCPServesOnlyMutualTLS(t *testing.T) {
 	ca, other := tlstest.NewCA(t, "metaproxy lab CA"), tlstest.NewCA(t, "someone else's CA")
 	cert, key := ca.Issue(t, tlstest.Leaf{DNS: []string{"extproc.metaproxy.test"}, Server: true}).Write(t, dir, "extproc")
 	caFile := ca.WritePEM(t, filepath.Join(dir, "ca.crt"))
-	addr := freePort(t)
-	r := run(t, "--listen", addr, "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", caFile, "--tls-client-san", "envoy.node-1,spiffe://lab/metaproxy/node/node-2")
+	r := run(t, "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", caFile, "--tls-client-san", "envoy.node-1,spiffe://lab/metaproxy/node/node-2")
+	addr := r.listen
 
 	dial := func(id *tlstest.Issued) (*grpc.ClientConn, error) {
 		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "extproc.metaproxy.test"}
@@ -242,14 +202,8 @@ func TestPlainTCPStartsOnlyWithDemo(t *testing.T) {
 	}
 
 	// make run: --demo on plain TCP.
-	addr := freePort(t)
-	r := run(t, "--demo", "--listen", addr)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := decideOnce(context.Background(), conn); err != nil {
+	r := run(t, "--demo", "--listen", "127.0.0.1:0")
+	if _, err := decideOnce(context.Background(), r.dial(t)); err != nil {
 		t.Errorf("--demo on plain TCP: %v", err)
 	}
 	if !strings.Contains(r.logs.String(), "plain-text TCP (--demo)") {
