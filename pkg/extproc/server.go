@@ -1,7 +1,8 @@
 // Package extproc is the gRPC side of cmd/extproc: the envoy.service.ext_proc.v3
-// ExternalProcessor stream loop and the gRPC health service, on one server (its listener comes
-// from package listen). What to answer is decided per message by a Processor; this package only moves
-// messages and closes streams cleanly.
+// ExternalProcessor stream loop and the gRPC health service, on one server (gRPC's standard codec;
+// its listener comes from package listen). What to answer is decided per message by a Processor,
+// which this package knows nothing of (no Neutron, no signature): it moves messages, closes streams
+// cleanly, answers a request whose Processor panicked with a 500, and stops within a bounded grace.
 package extproc
 
 import (
