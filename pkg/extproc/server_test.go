@@ -460,8 +460,7 @@ type panicky struct{}
 func (panicky) RequestHeaders(_ context.Context, _ metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
 	src := req.GetAttributes()[contract.ExtProcAttributesKey].GetFields()[contract.SourceAddressAttribute].GetStringValue()
 	if strings.HasPrefix(src, "10.0.0.66:") {
-		var m map[string]int
-		m["boom"]++ // a nil-map write: a real runtime panic
+		_ = src[len(src)] // out of range: a runtime error, as a bug would cause
 	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
 		func(_ context.Context, status int) {
