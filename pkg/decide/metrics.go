@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -57,39 +58,56 @@ var (
 		http.StatusServiceUnavailable, http.StatusGatewayTimeout}
 )
 
-// metrics are the Decider's instruments, with the attribute sets of the hot path made once.
+// metrics are the Decider's instruments. The hot path adds to an atomic and records the latency
+// histogram: request, cache-lookup and eviction counts are atomics that observable counters read
+// when /metrics is scraped, so that counting takes no lock shared by every decision.
 type metrics struct {
-	requests, lookups, evictions, resolves, suppressed, novaVerdicts metric.Int64Counter
-	duration, resolveLatency                                         metric.Float64Histogram
+	resolves, suppressed, novaVerdicts metric.Int64Counter
+	duration, resolveLatency           metric.Float64Histogram
 
-	requestOpts [len(outcomes)][len(statuses) + 1][]metric.AddOption
-	outcomeAdd  [len(outcomes)][]metric.AddOption
-	outcomeRec  [len(outcomes)][]metric.RecordOption
-	resultOpts  map[string][]metric.AddOption
-	sourceOpts  []metric.RecordOption
+	// requests[outcome][status]: the last status slot counts statuses not in statuses.
+	requests  [len(outcomes)][len(statuses) + 1]atomic.Uint64
+	evictions atomic.Uint64
+
+	outcomeRec [len(outcomes)][]metric.RecordOption
+	resultOpts map[string][]metric.AddOption
+	sourceOpts []metric.RecordOption
 }
 
 func newMetrics(mp metric.MeterProvider, source string, cacheLen func() int, capacity int) (*metrics, error) {
 	meter := mp.Meter(InstrumentationName)
 	m := &metrics{resultOpts: map[string][]metric.AddOption{}}
 	var errs []error
+	add := func(err error) { errs = append(errs, err) }
 	counter := func(name, unit, desc string) metric.Int64Counter {
 		c, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
+		add(err)
 		return c
+	}
+	observed := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		add(err)
+		return c
+	}
+	gauge := func(name, desc string) metric.Int64ObservableGauge {
+		g, err := meter.Int64ObservableGauge(name, metric.WithUnit("{entry}"), metric.WithDescription(desc))
+		add(err)
+		return g
 	}
 	histogram := func(name, desc string) metric.Float64Histogram {
 		h, err := meter.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
 			metric.WithExplicitBucketBoundaries(LatencyBuckets()...))
-		errs = append(errs, err)
+		add(err)
 		return h
 	}
-	m.requests = counter("metaproxy.extproc.requests", "{request}",
+	requests := observed("metaproxy.extproc.requests", "{request}",
 		"Metadata requests decided, by cache outcome (none: rejected before the lookup) and the HTTP status decided (200: forwarded to nova signed).")
-	m.lookups = counter("metaproxy.extproc.cache.lookups", "{lookup}",
+	lookups := observed("metaproxy.extproc.cache.lookups", "{lookup}",
 		"Answer cache lookups by outcome: hit, miss (asked the port source), coalesced (waited for another request's lookup), stale (served an expired answer while the source is unavailable).")
-	m.evictions = counter("metaproxy.extproc.cache.evictions", "{entry}",
+	evictions := observed("metaproxy.extproc.cache.evictions", "{entry}",
 		"Answer cache entries evicted to make room (the cache is full: raise --cache-size).")
+	entries := gauge("metaproxy.extproc.cache.entries", "Answers in the answer cache.")
+	capacityGauge := gauge("metaproxy.extproc.cache.capacity", "Maximum answers the answer cache holds (--cache-size).")
 	m.resolves = counter("metaproxy.extproc.resolver.lookups", "{lookup}",
 		"Lookups sent to the port source (Neutron) by source and result: found, not_found, ambiguous, error.")
 	m.suppressed = counter("metaproxy.extproc.log_lines.suppressed", "{line}",
@@ -100,18 +118,13 @@ func newMetrics(mp metric.MeterProvider, source string, cacheLen func() int, cap
 		"Time to decide one metadata request (decode, cache lookup, Neutron on a miss), by cache outcome.")
 	m.resolveLatency = histogram("metaproxy.extproc.resolver.lookup.duration",
 		"Time the port source (Neutron) took to answer one lookup, by source.")
-	_, err := meter.Int64ObservableGauge("metaproxy.extproc.cache.entries", metric.WithUnit("{entry}"),
-		metric.WithDescription("Answers in the answer cache."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error { o.Observe(int64(cacheLen())); return nil }))
-	errs = append(errs, err)
-	_, err = meter.Int64ObservableGauge("metaproxy.extproc.cache.capacity", metric.WithUnit("{entry}"),
-		metric.WithDescription("Maximum answers the answer cache holds (--cache-size)."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error { o.Observe(int64(capacity)); return nil }))
-	if err := errors.Join(append(errs, err)...); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 
-	bg := context.Background()
+	// The attribute sets the hot path and the scrape use, made once.
+	var requestSets [len(outcomes)][len(statuses) + 1]metric.ObserveOption
+	var lookupSets [len(outcomes)]metric.ObserveOption
 	for oi, o := range outcomes {
 		name := "none"
 		if o != 0 {
@@ -123,23 +136,41 @@ func newMetrics(mp metric.MeterProvider, source string, cacheLen func() int, cap
 			if si < len(statuses) {
 				status = strconv.Itoa(statuses[si])
 			}
-			m.requestOpts[oi][si] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(outcome, attribute.String("status", status)))}
+			requestSets[oi][si] = metric.WithAttributeSet(attribute.NewSet(outcome, attribute.String("status", status)))
 		}
-		set := metric.WithAttributeSet(attribute.NewSet(outcome))
-		m.outcomeAdd[oi], m.outcomeRec[oi] = []metric.AddOption{set}, []metric.RecordOption{set}
-		if o != 0 {
-			m.lookups.Add(bg, 0, m.outcomeAdd[oi]...) // exported from the start: alerts see the first increase
-		}
+		lookupSets[oi] = metric.WithAttributeSet(attribute.NewSet(outcome))
+		m.outcomeRec[oi] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(outcome))}
 	}
 	src := attribute.String("source", source)
 	m.sourceOpts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(src))}
+	bg := context.Background()
 	for _, r := range []string{ResultFound, ResultNotFound, ResultAmbiguous, ResultError} {
 		m.resultOpts[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(src, attribute.String("result", r)))}
-		m.resolves.Add(bg, 0, m.resultOpts[r]...)
+		m.resolves.Add(bg, 0, m.resultOpts[r]...) // exported from the start: alerts see the first increase
 	}
-	m.evictions.Add(bg, 0)
 	m.suppressed.Add(bg, 0)
 	m.novaVerdicts.Add(bg, 0)
+	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for oi := range outcomes {
+			var total uint64
+			for si := range m.requests[oi] {
+				if n := m.requests[oi][si].Load(); n > 0 {
+					total += n
+					o.ObserveInt64(requests, int64(n), requestSets[oi][si])
+				}
+			}
+			if oi != 0 {
+				o.ObserveInt64(lookups, int64(total), lookupSets[oi])
+			}
+		}
+		o.ObserveInt64(evictions, int64(m.evictions.Load()))
+		o.ObserveInt64(entries, int64(cacheLen()))
+		o.ObserveInt64(capacityGauge, int64(capacity))
+		return nil
+	}, requests, lookups, evictions, entries, capacityGauge)
+	if err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 
@@ -157,10 +188,7 @@ func (m *metrics) record(ctx context.Context, dec *Decision, elapsed time.Durati
 			si = i
 		}
 	}
-	m.requests.Add(ctx, 1, m.requestOpts[oi][si]...)
-	if oi != 0 {
-		m.lookups.Add(ctx, 1, m.outcomeAdd[oi]...)
-	}
+	m.requests[oi][si].Add(1)
 	m.duration.Record(ctx, elapsed.Seconds(), m.outcomeRec[oi]...)
 }
 

@@ -163,7 +163,7 @@ func (o observer) watch(r resolve.Resolver, onEvict func()) (resolve.Resolver, f
 		return r, onEvict
 	}
 	return measuredResolver{r: r, m: o.m}, func() {
-		o.m.evictions.Add(context.Background(), 1)
+		o.m.evictions.Add(1)
 		if onEvict != nil {
 			onEvict()
 		}
