@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/metaproxy/metaproxy/pkg/chassiscmd"
 	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
@@ -33,6 +34,7 @@ const usageHead = `Usage: xds [flags]
        xds bootstrap [--node-id ID] [--xds-address HOST:PORT] [--admin-port N] [--api-type DELTA_GRPC|GRPC]
                      [--sds-dir DIR] [--xds-server-name NAME] [--plaintext]
        xds sds [--sds-dir DIR] [--cert FILE] [--key FILE] [--ca FILE] [--out DIR]
+       xds chassis [flags]   (ML2/OVN: replaces neutron-ovn-metadata-agent on a chassis; see xds chassis --help)
 
 xds is metaproxy's xDS control plane. For every Envoy node it serves (ADS over gRPC, state of the
 world or delta, as the Envoy asks) one listener on 169.254.169.254:80 per Neutron network, bound in
@@ -82,6 +84,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "sds" {
 		return sdsMain(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "chassis" {
+		return chassiscmd.Main(ctx, args[1:], stdout, stderr)
+	}
 	var cfg Config
 	fs := newFlagSet(&cfg)
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -101,7 +106,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q (the subcommands are bootstrap and sds)", fs.Args())
+		return fmt.Errorf("unexpected arguments %q (the subcommands are bootstrap, sds and chassis)", fs.Args())
 	}
 	recordSet(fs, &cfg)
 	verr := cfg.Validate()
