@@ -19,10 +19,12 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
-var nsPattern = regexp.MustCompile(`^(qdhcp|qrouter)-([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$`)
+// ovnmeta-<network> is the namespace of ML2/OVN's metadata port on a chassis (made by xds chassis or
+// neutron-ovn-metadata-agent): a network, like qdhcp-.
+var nsPattern = regexp.MustCompile(`^(qdhcp|qrouter|ovnmeta)-([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$`)
 
-// Namespaces serves the qdhcp-<uuid> and qrouter-<uuid> namespaces found in a directory on this
-// host, all for one node. Each namespace is entered (pkg/netns) to check that it is a live
+// Namespaces serves the qdhcp-<uuid>, ovnmeta-<uuid> and qrouter-<uuid> namespaces found in a
+// directory on this host, all for one node. Each namespace is entered (pkg/netns) to check that it is a live
 // namespace and not a stale file; the interface that carries fe80::a9fe:a9fe, if any, is
 // looked up inside it so that the IPv6 listener can be bound there. A namespace deleted and created
 // again at the same path gets a new Network.NamespaceGeneration.
