@@ -56,6 +56,9 @@ type Options struct {
 	StopGrace time.Duration
 	// Logf receives progress lines (e.g. t.Logf). Nil: silent.
 	Logf func(format string, args ...any)
+	// OVN, when set, runs neutron-server with ML2/OVN against these OVN databases instead of the
+	// agentless ML2 (see ovn.go). Exclusive with WithAgent (the ML2/OVS incumbent).
+	OVN *OVN
 }
 
 // Cloud is a running neutron-server and nova metadata API (and optionally RabbitMQ with
@@ -111,6 +114,9 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 	}
 	if err := Available(o.WithAgent); err != nil {
 		return nil, fmt.Errorf("openstack: cannot run here: %w", err)
+	}
+	if o.OVN != nil && o.WithAgent {
+		return nil, errors.New("openstack: Options.OVN and WithAgent (ML2/OVS's agent) are exclusive")
 	}
 	if o.ProjectID == "" {
 		o.ProjectID = DefaultProjectID

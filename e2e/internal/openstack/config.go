@@ -24,8 +24,15 @@ func scriptText(name string) []byte {
 
 var neutronConf = template.Must(template.New("neutron.conf").Parse(`[DEFAULT]
 core_plugin = ml2
+{{- if .OVN}}
+# ML2/OVN needs its L3 plugin (without one its maintenance worker fails on floating IPs).
+service_plugins = ovn-router
+dhcp_agent_notification = false
+agent_down_time = {{.OVN.AgentDownSeconds}}
+{{- else}}
 # The L3 plugin runs on sqlite without agents: routers and router interface ports for router mode.
 service_plugins = router
+{{- end}}
 auth_strategy = noauth
 transport_url = {{.Transport}}
 bind_host = 127.0.0.1
@@ -34,7 +41,7 @@ api_paste_config = /etc/neutron/api-paste.ini
 state_path = {{.Base}}/neutron/state
 # One API worker: a fresh worker answers GET /v2.0/ports with 500 until warmed up (see waitHTTP).
 api_workers = 1
-rpc_workers = 1
+rpc_workers = {{if .OVN}}0{{else}}1{{end}}
 rpc_state_report_workers = 0
 notify_nova_on_port_status_changes = false
 notify_nova_on_port_data_changes = false
@@ -45,6 +52,24 @@ connection = sqlite:///{{.Base}}/neutron/neutron.sqlite?timeout=60
 sqlite_synchronous = false
 [oslo_concurrency]
 lock_path = {{.Base}}/neutron/lock
+{{- if .OVN}}
+[ml2]
+type_drivers = geneve,flat
+tenant_network_types = geneve
+mechanism_drivers = ovn
+extension_drivers = port_security
+overlay_ip_version = 4
+[ml2_type_geneve]
+vni_ranges = 1:65536
+max_header_size = 38
+[ml2_type_flat]
+flat_networks = *
+[ovn]
+ovn_nb_connection = {{.OVN.NB}}
+ovn_sb_connection = {{.OVN.SB}}
+ovn_metadata_enabled = True
+neutron_sync_mode = off
+{{- else}}
 [ml2]
 type_drivers = local,flat
 tenant_network_types = local
@@ -52,6 +77,7 @@ mechanism_drivers =
 extension_drivers = port_security
 [ml2_type_flat]
 flat_networks = *
+{{- end}}
 `))
 
 var novaConf = template.Must(template.New("nova.conf").Parse(`[DEFAULT]
@@ -118,6 +144,7 @@ func (c *Cloud) writeConfigs() error {
 		"NovaCacheSeconds": int(c.opts.NovaCacheExpiration.Round(1e9).Seconds()),
 		"DHCPDomain":       DHCPDomain,
 		"Secret":           c.opts.SharedSecret,
+		"OVN":              c.opts.OVN,
 	}
 	for path, tmpl := range map[string]*template.Template{
 		"neutron/neutron.conf":       neutronConf,

@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/layer3/routers"
+	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/portsbinding"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/networks"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/ports"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/subnets"
@@ -50,6 +51,9 @@ type VMSpec struct {
 	// PublicKeys maps a key pair name to its OpenSSH public key. Nova serves one key pair per
 	// instance (meta_data.json "public_keys" and "keys"), so at most one entry is accepted.
 	PublicKeys map[string]string
+	// HostID is the port's binding:host_id, as nova-compute sets it (ML2/OVN binds the port to
+	// the chassis of that host). Empty: unbound.
+	HostID string
 }
 
 // VM is an instance: a Neutron port (device_owner compute:nova) and a nova instance row.
@@ -91,6 +95,12 @@ func (c *Cloud) CreateNetwork(ctx context.Context, name, cidr string) (Network, 
 		return out, errors.Join(fmt.Errorf("openstack: create subnet %s on %s: %w", cidr, name, err), c.DeleteNetwork(ctx, out))
 	}
 	out.SubnetID, out.GatewayIP = s.ID, s.GatewayIP
+	if c.opts.OVN != nil {
+		// No DHCP agent with ML2/OVN: OVN answers DHCP itself, and neutron made the network's
+		// metadata port (network:distributed) when the subnet was created.
+		c.opts.Logf("openstack: network %s %s (%s), ML2/OVN", name, n.ID, out.CIDR)
+		return out, nil
+	}
 	host, _ := os.Hostname()
 	p, err := ports.Create(ctx, c.network, ports.CreateOpts{
 		NetworkID:   n.ID,
@@ -152,13 +162,17 @@ func (c *Cloud) CreateVM(ctx context.Context, n Network, spec VMSpec) (VM, error
 	vm := VM{InstanceID: uuid.NewString(), NetworkID: n.ID, ProjectID: spec.ProjectID,
 		Hostname: spec.Hostname + "." + DHCPDomain, Name: spec.Name}
 	fixed := ports.IP{SubnetID: n.SubnetID, IPAddress: spec.IP}
-	p, err := ports.Create(ctx, c.network, ports.CreateOpts{
+	var opts ports.CreateOptsBuilder = ports.CreateOpts{
 		NetworkID:   n.ID,
 		DeviceID:    vm.InstanceID,
 		DeviceOwner: "compute:nova",
 		FixedIPs:    []ports.IP{fixed},
 		TenantID:    spec.ProjectID,
-	}).Extract()
+	}
+	if spec.HostID != "" {
+		opts = portsbinding.CreateOptsExt{CreateOptsBuilder: opts, HostID: spec.HostID}
+	}
+	p, err := ports.Create(ctx, c.network, opts).Extract()
 	if err != nil {
 		return VM{}, fmt.Errorf("openstack: create port for %s on %s: %w", spec.Hostname, n.ID, err)
 	}
