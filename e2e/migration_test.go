@@ -59,7 +59,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		if n := len(m.recorder.all()); n != 0 {
 			t.Fatalf("%d requests reached nova through metaproxy before it was started", n)
 		}
-		if got := m.listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
+		if got := listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
 			t.Fatalf("listeners on :80 in %s: %v, want haproxy alone", ns, got)
 		}
 	}) {
@@ -70,7 +70,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 	// outlive the step.
 	m.startMetaproxy(t)
 	if !t.Run("guide_0_metaproxy_beside_the_incumbent_serving_nothing", func(t *testing.T) {
-		if got := m.listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
+		if got := listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
 			t.Fatalf("with an empty networks file, listeners on :80 in %s: %v, want haproxy alone", ns, got)
 		}
 		// `extproc resolve` answers like the incumbent, before any VM traffic reaches metaproxy.
@@ -100,7 +100,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 			return fmt.Errorf("listeners:\n%s\nstats:\n%s", names, stats)
 		})
 		eventually(t, 10*time.Second, "haproxy and the data plane both listen on 169.254.169.254:80", func() error {
-			got := m.listenersOn80(t, ns)
+			got := listenersOn80(t, ns)
 			if len(got) != 2 || !contains(got, "haproxy") || !contains(got, m.dataplaneComm()) {
 				return fmt.Errorf("listeners: %v", got)
 			}
@@ -190,7 +190,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		if got, want := len(m.recorder.all())-recorderBefore, res.count(true)+slowVia[true]; got != want {
 			t.Errorf("%d requests reached nova through metaproxy, the VMs got %d answers via metaproxy", got, want)
 		}
-		if got := m.listenersOn80(t, ns); len(got) != 1 || got[0] != m.dataplaneComm() {
+		if got := listenersOn80(t, ns); len(got) != 1 || got[0] != m.dataplaneComm() {
 			t.Errorf("listeners on :80 in %s after the switch: %v, want the data plane alone", ns, got)
 		}
 	}) {
@@ -202,7 +202,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 	m.startHaproxy(t)
 	t.Run("guide_1.4_rollback_under_load", func(t *testing.T) {
 		eventually(t, 15*time.Second, "haproxy listens again beside the data plane", func() error {
-			if got := m.listenersOn80(t, ns); len(got) != 2 || !contains(got, "haproxy") {
+			if got := listenersOn80(t, ns); len(got) != 2 || !contains(got, "haproxy") {
 				return fmt.Errorf("listeners: %v", got)
 			}
 			return nil
@@ -223,7 +223,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		if n := res.countSince(false, removedAt, true); n < 20 {
 			t.Errorf("only %d requests after the listener was removed", n)
 		}
-		if got := m.listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
+		if got := listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
 			t.Errorf("listeners on :80 in %s after the rollback: %v, want haproxy alone", ns, got)
 		}
 	})
@@ -302,7 +302,7 @@ func (m *migration) startHaproxy(t *testing.T) {
 	ns := m.nsNs["net-m"].Namespace
 	m.haproxy = startProc(t, m.dir, "haproxy", nil, "ip", "netns", "exec", ns, m.haproxyBin, "-db", "-f", m.haproxyCfg)
 	eventually(t, 15*time.Second, "haproxy listens", func() error {
-		if !contains(m.listenersOn80(t, ns), "haproxy") {
+		if !contains(listenersOn80(t, ns), "haproxy") {
 			return fmt.Errorf("no haproxy listener in %s", ns)
 		}
 		return nil
@@ -415,7 +415,7 @@ var ssUsers = regexp.MustCompile(`users:\(\("([^"]+)"`)
 
 // listenersOn80 returns the process name of every TCP socket listening on 169.254.169.254:80 in
 // namespace ns, as `ss -ltnp` shows them.
-func (m *migration) listenersOn80(t *testing.T, ns string) []string {
+func listenersOn80(t *testing.T, ns string) []string {
 	t.Helper()
 	out, err := vmnet.Command(context.Background(), ns, "ss", "-Hltnp", "src", "169.254.169.254:80").CombinedOutput()
 	if err != nil {

@@ -71,6 +71,10 @@ func TestLabWithTheRealAgent(t *testing.T) {
 	if md.UUID != vm.InstanceID {
 		t.Errorf("uuid %q, want %q", md.UUID, vm.InstanceID)
 	}
+	// The VMs' traffic goes through no conntrack (see CreateVM).
+	if out, err := l.tool(ctx, "ovs-appctl", "-t", l.path("run/ovs-vswitchd.ctl"), "dpctl/dump-conntrack"); err != nil || strings.Contains(out, "tcp,") {
+		t.Errorf("connections in OVS's conntrack (%v):\n%s", err, out)
+	}
 	if pid, ok := l.ProxyPID(n.ID); !ok {
 		t.Errorf("no haproxy of the agent for %s (pid file says %d)", n.ID, pid)
 	}

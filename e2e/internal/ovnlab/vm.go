@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/portsecurity"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/ports"
 
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
@@ -118,6 +119,17 @@ func (l *Lab) CreateVM(ctx context.Context, n Network, name string, spec opensta
 	l.mu.Lock()
 	l.vms[name] = vm
 	l.mu.Unlock()
+	// No security groups on the lab's VMs, so that OVN sends their traffic through no conntrack:
+	// the only datapath here, OVS 3.1.0's userspace one, aborts under sustained short connections
+	// (lib/conntrack.c: "assertion conn->conn_type == CT_CONN_TYPE_DEFAULT failed in
+	// conn_update_state()"; OVN commits stateful ACL connections with nat), taking every VM's
+	// network down. The metadata path does not depend on security groups (the metadata port has
+	// none), and a kernel datapath has no such problem.
+	off, none := false, []string{}
+	if _, err := ports.Update(ctx, l.cloud.NetworkClient(), vm.PortID, portsecurity.PortUpdateOptsExt{
+		UpdateOptsBuilder: ports.UpdateOpts{SecurityGroups: &none}, PortSecurityEnabled: &off}).Extract(); err != nil {
+		return vm, fmt.Errorf("ovnlab: VM %s: turn port security off: %w", name, err)
+	}
 	if err := l.plug(ctx, vm); err != nil {
 		return vm, err
 	}
