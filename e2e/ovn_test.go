@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
 	"github.com/metaproxy/metaproxy/e2e/internal/ovnlab"
 	"github.com/metaproxy/metaproxy/e2e/internal/vmnet"
+	"github.com/metaproxy/metaproxy/pkg/listen/listentest"
 	"github.com/metaproxy/metaproxy/pkg/ovnchassis"
 )
 
@@ -36,8 +36,8 @@ type ovnEnv struct {
 
 	extproc, xds, chassis, dataplane     *proc
 	extprocAdmin, chassisAdmin, xdsAdmin string
-	dpAdmin                              string
-	xdsPort                              int
+	dpAdmin, xdsAddr                     string
+	pki                                  *labPKI
 
 	nets map[string]ovnlab.Network
 	vms  map[string]*ovnVM
@@ -84,7 +84,10 @@ func newOVNEnv(t *testing.T, ctx context.Context) *ovnEnv {
 	e.recorder = startRecorder(t, fmt.Sprintf("%s:%d", host, port))
 	e.ini = filepath.Join(e.dir, "metadata_agent.ini")
 	writeFile(t, e.ini, fmt.Sprintf("[DEFAULT]\nmetadata_proxy_shared_secret = %s\nnova_metadata_host = 127.0.0.1\nnova_metadata_port = %d\nnova_metadata_protocol = http\n", e2eSecret, e.recorder.port()))
-	e.sock = filepath.Join(e.dir, "extproc.sock")
+	// The secure defaults, as in setup: cmd/extproc on a UNIX socket with the peer check, cmd/xds
+	// over mutual TLS with the node's certificate, the data plane from `xds bootstrap`.
+	e.sock = filepath.Join(listentest.SharedDir(t), "extproc.sock")
+	e.pki = newLabPKI(t, e.dir, e.bin, nodeID)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range []*proc{e.extproc, e.chassis, e.xds, e.dataplane} {
@@ -154,17 +157,18 @@ func (e *ovnEnv) startChassis(t *testing.T) {
 }
 
 // startXDS starts cmd/xds following this host's namespaces (the ovnmeta- ones), as deploy/systemd
-// runs it on a chassis; extra replaces the source flags.
+// runs it on a chassis; source replaces the source flags.
 func (e *ovnEnv) startXDS(t *testing.T, source ...string) {
 	t.Helper()
 	if len(source) == 0 {
 		source = []string{"--source", "netns", "--netns-dir", "/run/netns"}
 	}
-	if e.xdsPort == 0 {
-		e.xdsPort, e.xdsAdmin = freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if e.xdsAddr == "" {
+		e.xdsAddr, e.xdsAdmin = fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	}
-	argv := append([]string{filepath.Join(e.bin, "xds"), "--listen", fmt.Sprintf("127.0.0.1:%d", e.xdsPort), "--admin-listen", e.xdsAdmin,
-		"--node-id", nodeID, "--metadata-agent-ini", e.ini, "--extproc-address", "unix://" + e.sock, "--poll-interval", "1s"}, source...)
+	argv := append([]string{filepath.Join(e.bin, "xds"), "--listen", e.xdsAddr, "--admin-listen", e.xdsAdmin,
+		"--node-id", nodeID, "--metadata-agent-ini", e.ini, "--extproc-address", "unix://" + e.sock, "--poll-interval", "1s"}, e.pki.xdsArgs()...)
+	argv = append(argv, source...)
 	if e.xds == nil {
 		e.xds = startProc(t, e.dir, "xds", nil, argv...)
 	} else {
@@ -176,23 +180,13 @@ func (e *ovnEnv) startXDS(t *testing.T, source ...string) {
 	eventually(t, 30*time.Second, "xds ready", func() error { return ready("http://" + e.xdsAdmin + "/readyz") })
 }
 
-// startDataplane starts the stand-in (or Envoy with ENVOY_BIN) on cmd/xds.
+// startDataplane starts the stand-in (or Envoy with ENVOY_BIN) on the bootstrap `xds bootstrap`
+// writes for the node.
 func (e *ovnEnv) startDataplane(t *testing.T) {
 	t.Helper()
 	dpAdminPort := freePort(t)
 	e.dpAdmin = fmt.Sprintf("127.0.0.1:%d", dpAdminPort)
-	if envoy := os.Getenv("ENVOY_BIN"); envoy != "" {
-		boot := filepath.Join(e.dir, "envoy.yaml")
-		out, err := exec.Command(filepath.Join(e.bin, "xds"), "bootstrap", "--node-id", nodeID, "--xds-address", fmt.Sprintf("127.0.0.1:%d", e.xdsPort), "--admin-port", strconv.Itoa(dpAdminPort)).Output()
-		if err != nil {
-			t.Fatalf("xds bootstrap: %v", err)
-		}
-		writeFile(t, boot, string(out))
-		e.dataplane = startProc(t, e.dir, "envoy", nil, envoy, "-c", boot, "--base-id", strconv.Itoa(dpAdminPort))
-	} else {
-		e.dataplane = startProc(t, e.dir, "standin", nil, filepath.Join(e.bin, "standin"), "--xds", fmt.Sprintf("127.0.0.1:%d", e.xdsPort),
-			"--node-id", nodeID, "--delta", "--admin", e.dpAdmin)
-	}
+	e.dataplane = startDataPlane(t, e.dir, e.bin, e.pki, e.xdsAddr, dpAdminPort)
 	eventually(t, 30*time.Second, "the data plane took its configuration", func() error { return ready("http://" + e.dpAdmin + "/ready") })
 }
 
