@@ -441,7 +441,7 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	dir := t.TempDir()
 	units, _ := filepath.Glob("systemd/*.service")
 	sockets, _ := filepath.Glob("systemd/*.socket")
-	if len(units) != 3 || len(sockets) != 1 {
+	if len(units) != 4 || len(sockets) != 1 {
 		t.Fatalf("units: %v %v", units, sockets)
 	}
 	units = append(units, sockets...)
@@ -1208,11 +1208,17 @@ func TestKubernetes(t *testing.T) {
 				if strings.Contains(key, "xds") {
 					target = podLabels(dep)
 				}
+				if strings.Contains(key, "chassis") {
+					target = podLabels(objs["DaemonSet/metaproxy-chassis"])
+				}
 			case "Service":
 				sel, _ = get(o, "spec", "selector").(map[string]any)
 				target = podLabels(ds)
 				if strings.Contains(key, "xds") {
 					target = podLabels(dep)
+				}
+				if strings.Contains(key, "chassis") {
+					target = podLabels(objs["DaemonSet/metaproxy-chassis"])
 				}
 			case "ServiceMonitor":
 				sel, _ = get(o, "spec", "selector", "matchLabels").(map[string]any)
