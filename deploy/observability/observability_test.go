@@ -12,6 +12,7 @@ import (
 
 	"github.com/metaproxy/metaproxy/deploy/observability"
 	"github.com/metaproxy/metaproxy/pkg/decide"
+	"github.com/metaproxy/metaproxy/pkg/chassiscmd"
 	"github.com/metaproxy/metaproxy/pkg/extproccmd"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"github.com/metaproxy/metaproxy/pkg/xdscmd"
@@ -33,7 +34,7 @@ func exported(t *testing.T) map[string]bool {
 			names[n+"_bucket"], names[n+"_sum"], names[n+"_count"] = true, true, true
 		}
 	}
-	for _, n := range xdscmd.MetricNames() {
+	for _, n := range append(xdscmd.MetricNames(), chassiscmd.MetricNames()...) {
 		names[n] = true
 	}
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")

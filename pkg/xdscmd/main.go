@@ -51,7 +51,8 @@ name by default). xds maps networks to node ids as follows:
                                           --netns-dir exists on this host, a network is served once
                                           its qdhcp namespace exists here (and gets its IPv6 listener).
   --source netns                          the qdhcp-/qrouter- namespaces under --netns-dir of this
-                                          host, on --node-id.
+                                          host, on --node-id, and ML2/OVN's ovnmeta- ones (see
+                                          xds chassis --help).
   --source file                           the node ids are the keys of --networks-file.
 An Envoy whose node id has no networks gets the clusters only; one whose node id the source does
 not know, or that connects before the first successful poll, gets nothing and keeps what it runs.
