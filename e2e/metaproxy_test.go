@@ -213,6 +213,13 @@ type metaData struct {
 
 func (e *env) curl(t *testing.T, v *vm, method, path string, h http.Header, body []byte) clients.Response {
 	t.Helper()
+	return curlVM(t, v, method, path, h, body)
+}
+
+// curlVM sends one request with curl from v's namespace (40 s at most); a transport failure fails
+// the test.
+func curlVM(t *testing.T, v *vm, method, path string, h http.Header, body []byte) clients.Response {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	r, err := clients.Curl(ctx, v.ns, method, path, h, body)
@@ -238,6 +245,35 @@ func ownMetadata(t *testing.T, v *vm, r clients.Response) {
 }
 
 func keyName(v *vm) string { return "key-" + v.ns.Name }
+
+// forgedIdentity is what a VM sends to pass for victim: victim's instance id twice, another tenant,
+// a correct signature of victim's id (as if the secret had leaked), X-Forwarded-For with victim's
+// address, and the headers neutron's proxies set (X-Neutron-*, X-OVN-Network-ID) naming
+// otherNetwork. None of it may change what the VM gets.
+func forgedIdentity(victim *vm, otherNetwork string) http.Header {
+	forged := http.Header{}
+	forged["X-Instance-ID"] = []string{victim.os.InstanceID, victim.os.InstanceID}
+	forged["X-Tenant-ID"] = []string{"someone-else"}
+	forged["X-Instance-ID-Signature"] = []string{signature(e2eSecret, victim.os.InstanceID)}
+	forged["x-forwarded-for"] = []string{victim.os.IP, "10.0.0.6"}
+	forged["X-Neutron-Network-ID"] = []string{otherNetwork}
+	forged["X-NEUTRON-ROUTER-ID"] = []string{"router"}
+	forged["X-Ovn-Network-Id"] = []string{otherNetwork}
+	return forged
+}
+
+// cloudInitReadsOwn runs cloud-init's OpenStack reader in v and checks that it read v's own
+// metadata, user data and key.
+func cloudInitReadsOwn(t *testing.T, ctx context.Context, v *vm) {
+	t.Helper()
+	res, err := clients.CloudInitRead(ctx, v.ns, clients.CloudInitOptions{Require: []string{"userdata", "networkdata"}})
+	if err != nil {
+		t.Fatalf("%s: %v", v.ns.Name, err)
+	}
+	if res.Metadata.UUID != v.os.InstanceID || string(res.UserData) != v.userData || res.Metadata.PublicKeys[keyName(v)] != v.key {
+		t.Errorf("%s: cloud-init read uuid %s, user data %q, keys %v", v.ns.Name, res.Metadata.UUID, res.UserData, res.Metadata.PublicKeys)
+	}
+}
 
 func signature(secret, id string) string {
 	m := hmac.New(sha256.New, []byte(secret))
@@ -273,29 +309,13 @@ func TestMetadataPath(t *testing.T) {
 
 	t.Run("2_cloud-init_reads_its_metadata", func(t *testing.T) {
 		for _, name := range []string{"a1", "b1"} {
-			v := e.vms[name]
-			res, err := clients.CloudInitRead(ctx, v.ns, clients.CloudInitOptions{Require: []string{"userdata", "networkdata"}})
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if res.Metadata.UUID != v.os.InstanceID || string(res.UserData) != v.userData || res.Metadata.PublicKeys[keyName(v)] != v.key {
-				t.Errorf("%s: cloud-init read uuid %s, user data %q, keys %v", name, res.Metadata.UUID, res.UserData, res.Metadata.PublicKeys)
-			}
+			cloudInitReadsOwn(t, ctx, e.vms[name])
 		}
 	})
 
 	t.Run("3_forged_identity_headers_are_ignored", func(t *testing.T) {
-		a1, b1 := e.vms["a1"], e.vms["b1"]
-		forged := http.Header{}
-		// Even a correct signature for another VM (as if the secret had leaked) changes nothing.
-		forged["X-Instance-ID"] = []string{b1.os.InstanceID, b1.os.InstanceID}
-		forged["X-Tenant-ID"] = []string{"someone-else"}
-		forged["X-Instance-ID-Signature"] = []string{signature(e2eSecret, b1.os.InstanceID)}
-		forged["x-forwarded-for"] = []string{b1.os.IP, "10.0.0.6"}
-		forged["X-Neutron-Network-ID"] = []string{e.nets["net-b"].ID}
-		forged["X-NEUTRON-ROUTER-ID"] = []string{"router"}
-		forged["X-Ovn-Network-Id"] = []string{e.nets["net-b"].ID}
-		ownMetadata(t, a1, e.curl(t, a1, "GET", "/openstack/latest/meta_data.json", forged, nil))
+		a1 := e.vms["a1"]
+		ownMetadata(t, a1, e.curl(t, a1, "GET", "/openstack/latest/meta_data.json", forgedIdentity(e.vms["b1"], e.nets["net-b"].ID), nil))
 	})
 
 	t.Run("4_errors_password_and_wrong_secret", func(t *testing.T) {

@@ -99,34 +99,14 @@ func TestMigrationFromIncumbent(t *testing.T) {
 			_, stats, _ := httpGet("http://" + m.dpAdmin + "/stats")
 			return fmt.Errorf("listeners:\n%s\nstats:\n%s", names, stats)
 		})
-		eventually(t, 10*time.Second, "haproxy and the data plane both listen on 169.254.169.254:80", func() error {
-			got := listenersOn80(t, ns)
-			if len(got) != 2 || !contains(got, "haproxy") || !contains(got, m.dataplaneComm()) {
-				return fmt.Errorf("listeners: %v", got)
-			}
-			return nil
-		})
-		if code, body, err := httpGet("http://" + m.dpAdmin + "/stats"); err != nil || code != 200 || bindFailures(body) {
-			t.Fatalf("data plane stats (bind error?): %d %v\n%s", code, err, body)
-		}
+		bothListen(t, ns, m.dataplaneComm(), m.dpAdmin)
 	}) {
 		return
 	}
 
 	// Step 2: verify with traffic. Both proxies take new connections; every answer is the VM's own.
 	if !t.Run("guide_1.2_both_proxies_answer", func(t *testing.T) {
-		seen := map[bool]int{}
-		eventually(t, 30*time.Second, "answers from both haproxy and metaproxy", func() error {
-			for _, v := range vms {
-				r := m.curl(t, v, "GET", "/openstack/latest/meta_data.json", nil, nil)
-				ownMetadata(t, v, r)
-				seen[r.Header.Get("Server") == "envoy"]++
-			}
-			if seen[true] == 0 || seen[false] == 0 {
-				return fmt.Errorf("answers via metaproxy %d, via haproxy %d", seen[true], seen[false])
-			}
-			return nil
-		})
+		bothAnswer(t, vms)
 		code, body, err := httpGet("http://" + m.dpAdmin + "/stats")
 		if err != nil || code != 200 || !statsForNetwork(body, network.ID) {
 			t.Fatalf("data plane stats show no request for network %s: %d %v\n%s", network.ID, code, err, body)
@@ -177,12 +157,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		if res.countSince(false, stopAt, false) == 0 || res.countSince(true, stopAt, false) == 0 {
 			t.Errorf("before the soft stop: %d via haproxy, %d via metaproxy; want both", res.countSince(false, stopAt, false), res.countSince(true, stopAt, false))
 		}
-		if n := res.countSince(false, exitedAt, true); n != 0 {
-			t.Errorf("%d requests sent after haproxy exited were answered by it", n)
-		}
-		if n := res.countSince(true, exitedAt, true); n < 20 {
-			t.Errorf("only %d requests after haproxy exited", n)
-		}
+		res.assertSwitched(t, exitedAt, true)
 		// Each side's own record agrees with what the VMs saw.
 		if got, want := haproxyServed(m.haproxy.logs())-haproxyBefore, res.count(false)+slowVia[false]; got != want {
 			t.Errorf("haproxy logged %d meta_data.json requests, the VMs got %d answers via haproxy", got, want)
@@ -217,12 +192,7 @@ func TestMigrationFromIncumbent(t *testing.T) {
 		res := l.stop()
 		t.Logf("load: %d requests in %s (%d via haproxy, %d via metaproxy)", res.total(), res.duration().Round(time.Millisecond), res.count(false), res.count(true))
 		res.assertNoFailures(t)
-		if n := res.countSince(true, removedAt, true); n != 0 {
-			t.Errorf("%d requests sent after the listener was removed were answered by metaproxy", n)
-		}
-		if n := res.countSince(false, removedAt, true); n < 20 {
-			t.Errorf("only %d requests after the listener was removed", n)
-		}
+		res.assertSwitched(t, removedAt, false)
 		if got := listenersOn80(t, ns); len(got) != 1 || got[0] != "haproxy" {
 			t.Errorf("listeners on :80 in %s after the rollback: %v, want haproxy alone", ns, got)
 		}
@@ -435,6 +405,41 @@ func listenersOn80(t *testing.T, ns string) []string {
 	return names
 }
 
+// bothListen waits until haproxy and the data plane (process name dataplane, admin at dpAdmin)
+// both listen on 169.254.169.254:80 in namespace ns, and checks that the data plane counted no bind
+// failure (no SO_REUSEPORT, another uid).
+func bothListen(t *testing.T, ns, dataplane, dpAdmin string) {
+	t.Helper()
+	eventually(t, 10*time.Second, "haproxy and the data plane both listen on 169.254.169.254:80 in "+ns, func() error {
+		got := listenersOn80(t, ns)
+		if len(got) != 2 || !contains(got, "haproxy") || !contains(got, dataplane) {
+			return fmt.Errorf("listeners: %v", got)
+		}
+		return nil
+	})
+	if code, body, err := httpGet("http://" + dpAdmin + "/stats"); err != nil || code != 200 || bindFailures(body) {
+		t.Fatalf("data plane stats (bind error?): %d %v\n%s", code, err, body)
+	}
+}
+
+// bothAnswer asks from the VMs until answers came through both haproxy and the data plane; every
+// answer must be the VM's own.
+func bothAnswer(t *testing.T, vms []*vm) {
+	t.Helper()
+	seen := map[bool]int{}
+	eventually(t, 30*time.Second, "answers from both haproxy and metaproxy", func() error {
+		for _, v := range vms {
+			r := curlVM(t, v, "GET", "/openstack/latest/meta_data.json", nil, nil)
+			ownMetadata(t, v, r)
+			seen[r.Header.Get("Server") == "envoy"]++
+		}
+		if seen[true] == 0 || seen[false] == 0 {
+			return fmt.Errorf("answers via metaproxy %d, via haproxy %d", seen[true], seen[false])
+		}
+		return nil
+	})
+}
+
 func contains(s []string, v string) bool {
 	for _, x := range s {
 		if x == v {
@@ -621,6 +626,20 @@ func (r loadResults) countSince(viaEnvoy bool, t time.Time, after bool) int {
 		}
 	}
 	return n
+}
+
+// assertSwitched checks a load across a switch at `at`: no request sent after it was answered by
+// the proxy switched away from, and at least 20 were answered by the one switched to (the data
+// plane when toEnvoy, haproxy otherwise).
+func (r loadResults) assertSwitched(t *testing.T, at time.Time, toEnvoy bool) {
+	t.Helper()
+	name := map[bool]string{true: "metaproxy", false: "haproxy"}
+	if n := r.countSince(!toEnvoy, at, true); n != 0 {
+		t.Errorf("%d requests sent after the switch were answered by %s", n, name[!toEnvoy])
+	}
+	if n := r.countSince(toEnvoy, at, true); n < 20 {
+		t.Errorf("only %d requests after the switch were answered by %s", n, name[toEnvoy])
+	}
 }
 
 func (r loadResults) assertNoFailures(t *testing.T) {

@@ -53,13 +53,13 @@ func TestOVNMigrationFromAgent(t *testing.T) {
 		}
 		for _, v := range vms {
 			eventually(t, 30*time.Second, v.ns.Name+" served by the agent", func() error {
-				r := e.curl(t, e.vms[v.ns.Name], "GET", "/openstack/latest/meta_data.json", nil, nil)
+				r := curlVM(t, v, "GET", "/openstack/latest/meta_data.json", nil, nil)
 				if r.Status != 200 {
 					return fmt.Errorf("%d %s", r.Status, r.Body)
 				}
 				return nil
 			})
-			r := e.curl(t, e.vms[v.ns.Name], "GET", "/openstack/latest/meta_data.json", nil, nil)
+			r := curlVM(t, v, "GET", "/openstack/latest/meta_data.json", nil, nil)
 			ownMetadata(t, v, r)
 			if r.Header.Get("Server") == "envoy" {
 				t.Fatalf("before the migration %s was answered by the data plane", v.ns.Name)
@@ -76,16 +76,7 @@ func TestOVNMigrationFromAgent(t *testing.T) {
 	if !t.Run("guide_ovn_1_listeners_beside_the_agents_haproxies", func(t *testing.T) {
 		for _, n := range nets {
 			e.waitListener(t, n, true)
-			eventually(t, 10*time.Second, "haproxy and the data plane both listen in "+n.Namespace(), func() error {
-				got := listenersOn80(t, n.Namespace())
-				if len(got) != 2 || !contains(got, "haproxy") || !contains(got, e.dataplane.name) {
-					return fmt.Errorf("listeners: %v", got)
-				}
-				return nil
-			})
-		}
-		if code, body, err := httpGet("http://" + e.dpAdmin + "/stats"); err != nil || code != 200 || bindFailures(body) {
-			t.Fatalf("data plane stats (bind error?): %d %v\n%s", code, err, body)
+			bothListen(t, n.Namespace(), e.dataplane.name, e.dpAdmin)
 		}
 	}) {
 		return
@@ -93,18 +84,7 @@ func TestOVNMigrationFromAgent(t *testing.T) {
 
 	// Step 2: both answer, every answer the VM's own.
 	if !t.Run("guide_ovn_2_both_proxies_answer", func(t *testing.T) {
-		seen := map[bool]int{}
-		eventually(t, 30*time.Second, "answers from both haproxy and metaproxy", func() error {
-			for _, v := range vms {
-				r := e.curl(t, e.vms[v.ns.Name], "GET", "/openstack/latest/meta_data.json", nil, nil)
-				ownMetadata(t, v, r)
-				seen[r.Header.Get("Server") == "envoy"]++
-			}
-			if seen[true] == 0 || seen[false] == 0 {
-				return fmt.Errorf("answers via metaproxy %d, via haproxy %d", seen[true], seen[false])
-			}
-			return nil
-		})
+		bothAnswer(t, vms)
 	}) {
 		return
 	}
@@ -170,9 +150,7 @@ func TestOVNMigrationFromAgent(t *testing.T) {
 		t.Logf("load: %d requests in %s (%d via haproxy, %d via metaproxy); %d of %d requests in flight at the soft stops went through haproxy",
 			res.total(), res.duration().Round(time.Millisecond), res.count(false), res.count(true), slowVia[false], slowVia[false]+slowVia[true])
 		res.assertNoFailures(t)
-		if n := res.countSince(false, exitedAt, true); n != 0 {
-			t.Errorf("%d requests sent after the haproxies exited were answered by one", n)
-		}
+		res.assertSwitched(t, exitedAt, true)
 		if n := res.countSince(true, agentStoppedAt, true); n < 20 {
 			t.Errorf("only %d requests after the agent stopped", n)
 		}
@@ -233,12 +211,7 @@ func TestOVNMigrationFromAgent(t *testing.T) {
 		res := l.stop()
 		t.Logf("load: %d requests in %s (%d via haproxy, %d via metaproxy)", res.total(), res.duration().Round(time.Millisecond), res.count(false), res.count(true))
 		res.assertNoFailures(t)
-		if n := res.countSince(true, removedAt, true); n != 0 {
-			t.Errorf("%d requests sent after the listeners were removed were answered by metaproxy", n)
-		}
-		if n := res.countSince(false, removedAt, true); n < 20 {
-			t.Errorf("only %d requests after the listeners were removed", n)
-		}
+		res.assertSwitched(t, removedAt, false)
 		for _, n := range nets {
 			if got := listenersOn80(t, n.Namespace()); len(got) != 1 || got[0] != "haproxy" {
 				t.Errorf("listeners in %s after the rollback: %v, want haproxy alone", n.Namespace(), got)

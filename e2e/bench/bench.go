@@ -115,8 +115,13 @@ func (b *bench) runAll(ctx context.Context) error {
 		{"incumbent and metaproxy with the real nova", b.novaSection},
 		{"boot storm", b.stormSection},
 		{"incumbent and metaproxy with a trivial upstream", b.trivialSection},
+		{"ML2/OVN: the incumbent agent and metaproxy on one chassis", b.ovnSection},
 	}
 	for _, s := range steps {
+		if b.o.skipOVN && strings.HasPrefix(s.name, "ML2/OVN") {
+			b.rep.ovnSkipped = "skipped (--skip-ovn)"
+			continue
+		}
 		t0 := time.Now()
 		b.log.Info("step", "name", s.name)
 		if err := s.fn(ctx); err != nil {
@@ -431,6 +436,27 @@ func (m *metaproxy) stop() {
 // startMetaproxy runs cmd/extproc (Neutron through the lookup counter), cmd/xds (the metaproxy
 // network from a networks file, nova from metadata_agent.ini or novaPort) and the data plane.
 func (b *bench) startMetaproxy(ctx context.Context, tag string, novaPort int) (*metaproxy, error) {
+	nets, _ := json.Marshal(map[string]any{"nodes": map[string]any{nodeID: []map[string]string{{
+		"id": b.mp.osNet.ID, "kind": "network", "interface": vmnet.DHCPInterface,
+		"namespace": vmnet.NamespacePath(b.mp.net.Namespace)}}}})
+	if err := os.WriteFile(b.path("networks.json"), nets, 0o644); err != nil {
+		return nil, err
+	}
+	return b.startChain(ctx, tag, chainOptions{neutronURL: b.rep.counterURL, agentINI: b.cloud.MetadataAgentINI(), novaPort: novaPort,
+		xdsSource: []string{"--source", "file", "--networks-file", b.path("networks.json")}, vmNamespace: b.mp.nsVM[0].Namespace})
+}
+
+// chainOptions say what one metaproxy chain is started on.
+type chainOptions struct {
+	neutronURL, agentINI string
+	novaPort             int      // nova from agentINI when 0
+	xdsSource            []string // cmd/xds's source flags
+	vmNamespace          string   // a VM whose metadata says the chain is up
+}
+
+// startChain runs cmd/extproc, cmd/xds and the data plane (the stand-in, or Envoy with ENVOY_BIN)
+// and waits until the VM of o gets its metadata through them.
+func (b *bench) startChain(ctx context.Context, tag string, o chainOptions) (*metaproxy, error) {
 	m := &metaproxy{}
 	ok := false
 	defer func() {
@@ -444,19 +470,13 @@ func (b *bench) startMetaproxy(ctx context.Context, tag string, novaPort int) (*
 		return nil, err
 	}
 	ep, err := b.start("extproc-"+tag, "", nil, b.bin("extproc"), "--listen", "unix://"+sock,
-		"--admin-listen", fmt.Sprintf("127.0.0.1:%d", epAdmin), "--neutron-url", b.rep.counterURL,
-		"--metadata-agent-ini", b.cloud.MetadataAgentINI(), "--log-level", "warn")
+		"--admin-listen", fmt.Sprintf("127.0.0.1:%d", epAdmin), "--neutron-url", o.neutronURL,
+		"--metadata-agent-ini", o.agentINI, "--log-level", "warn")
 	if err != nil {
 		return nil, err
 	}
 	m.procs = append(m.procs, ep)
 	if err := waitHTTP(ctx, ep, fmt.Sprintf("http://127.0.0.1:%d/readyz", epAdmin), 60*time.Second); err != nil {
-		return nil, err
-	}
-	nets, _ := json.Marshal(map[string]any{"nodes": map[string]any{nodeID: []map[string]string{{
-		"id": b.mp.osNet.ID, "kind": "network", "interface": vmnet.DHCPInterface,
-		"namespace": vmnet.NamespacePath(b.mp.net.Namespace)}}}})
-	if err := os.WriteFile(b.path("networks.json"), nets, 0o644); err != nil {
 		return nil, err
 	}
 	xdsPort, err := freePort()
@@ -467,11 +487,11 @@ func (b *bench) startMetaproxy(ctx context.Context, tag string, novaPort int) (*
 	if err != nil {
 		return nil, err
 	}
-	argv := []string{b.bin("xds"), "--source", "file", "--networks-file", b.path("networks.json"),
-		"--listen", fmt.Sprintf("127.0.0.1:%d", xdsPort), "--admin-listen", fmt.Sprintf("127.0.0.1:%d", xdsAdmin),
-		"--extproc-address", "unix://" + sock, "--metadata-agent-ini", b.cloud.MetadataAgentINI(), "--log-level", "warn"}
-	if novaPort != 0 {
-		argv = append(argv, "--nova-host", "127.0.0.1", "--nova-port", fmt.Sprint(novaPort))
+	argv := append([]string{b.bin("xds")}, o.xdsSource...)
+	argv = append(argv, "--listen", fmt.Sprintf("127.0.0.1:%d", xdsPort), "--admin-listen", fmt.Sprintf("127.0.0.1:%d", xdsAdmin),
+		"--extproc-address", "unix://"+sock, "--metadata-agent-ini", o.agentINI, "--log-level", "warn")
+	if o.novaPort != 0 {
+		argv = append(argv, "--nova-host", "127.0.0.1", "--nova-port", fmt.Sprint(o.novaPort))
 	}
 	x, err := b.start("xds-"+tag, "", nil, argv...)
 	if err != nil {
@@ -507,7 +527,7 @@ func (b *bench) startMetaproxy(ctx context.Context, tag string, novaPort int) (*
 		}
 	}
 	m.procs = append(m.procs, dp)
-	if err := b.waitVM(ctx, dp, b.mp.nsVM[0].Namespace); err != nil {
+	if err := b.waitVM(ctx, dp, o.vmNamespace); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -516,16 +536,10 @@ func (b *bench) startMetaproxy(ctx context.Context, tag string, novaPort int) (*
 
 // httpRuns measures nova (or the upstream) directly, the incumbent and metaproxy with the same load.
 func (b *bench) httpRuns(ctx context.Context, directURL string) (direct, inc, mp load.Result, err error) {
-	s, err := sign.New([]byte(secret))
+	h, err := signedHeaders(b.inc.steady[0])
 	if err != nil {
 		return
 	}
-	vm := b.inc.steady[0]
-	h := http.Header{}
-	h.Set("X-Instance-ID", vm.InstanceID)
-	h.Set("X-Tenant-ID", vm.ProjectID)
-	h.Set("X-Instance-ID-Signature", s.Sign(vm.InstanceID))
-	h.Set("X-Forwarded-For", vm.IP)
 	base := load.HTTPOptions{Concurrency: b.o.concurrency, Duration: b.o.duration}
 	o := base
 	o.Name, o.URL, o.Header = "direct (signed headers, from the host)", directURL+metaPath, h
@@ -540,6 +554,20 @@ func (b *bench) httpRuns(ctx context.Context, directURL string) (direct, inc, mp
 	o.Name, o.Namespaces = "metaproxy: VM -> "+b.rep.dataPlaneShort()+" + cmd/extproc", []string{b.mp.nsVM[0].Namespace}
 	mp, err = b.measure(ctx, o)
 	return
+}
+
+// signedHeaders are the headers a proxy sends nova for vm: what a load straight to nova sends.
+func signedHeaders(vm openstack.VM) (http.Header, error) {
+	s, err := sign.New([]byte(secret))
+	if err != nil {
+		return nil, err
+	}
+	h := http.Header{}
+	h.Set("X-Instance-ID", vm.InstanceID)
+	h.Set("X-Tenant-ID", vm.ProjectID)
+	h.Set("X-Instance-ID-Signature", s.Sign(vm.InstanceID))
+	h.Set("X-Forwarded-For", vm.IP)
+	return h, nil
 }
 
 // measure runs one HTTP load and records the CPU time each process used per request.

@@ -24,6 +24,16 @@ func component(cmdline string, self int, pid int) string {
 		return "" // not ours: another run's OpenStack, other tenants
 	}
 	switch {
+	case strings.Contains(cmdline, "neutron-ovn-metadata-agent"):
+		return "neutron-ovn-metadata-agent"
+	case strings.Contains(cmdline, "privsep-helper"):
+		return "neutron-ovn-metadata-agent (privsep)"
+	case strings.Contains(cmdline, "ovs-vswitchd"):
+		return "ovs-vswitchd (userspace datapath)"
+	case strings.Contains(cmdline, "ovn-controller"):
+		return "ovn-controller"
+	case strings.Contains(cmdline, "/xds chassis"):
+		return "xds chassis"
 	case strings.Contains(cmdline, "neutron-metadata-agent"):
 		return "neutron-metadata-agent"
 	case strings.Contains(cmdline, "haproxy"):

@@ -7,8 +7,9 @@
 // when ENVOY_BIN is set), creates VM namespaces, and measures both chains with the same load:
 // (a) with the real nova (and nova called directly, the ceiling of any chain), (b) with a trivial
 // fast upstream in place of nova (the proxies' own overhead), a boot storm, the ext_proc decision
-// path against the floor server, and the RSS of cmd/extproc (100k cached ports) and cmd/xds (10k
-// networks). It prints one Markdown report.
+// path against the floor server, the RSS of cmd/extproc (100k cached ports) and cmd/xds (10k
+// networks), and an ML2/OVN chassis (e2e/internal/ovnlab) with the real neutron-ovn-metadata-agent
+// and then metaproxy on the same namespace. It prints one Markdown report.
 package main
 
 import (
@@ -38,6 +39,7 @@ type options struct {
 	rates       []int // open-loop ext_proc rates, streams/s
 	out         string
 	keep        bool
+	skipOVN     bool
 }
 
 func main() {
@@ -62,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rates := fs.String("extproc-rates", envOr("BENCH_RATES", "1000,4000"), "comma-separated open-loop ext_proc rates in streams/s (default $BENCH_RATES or 1000,4000)")
 	fs.StringVar(&o.out, "out", "", "also write the report to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs) after the run")
+	fs.BoolVar(&o.skipOVN, "skip-ovn", os.Getenv("BENCH_SKIP_OVN") == "1", "skip the ML2/OVN section (default: $BENCH_SKIP_OVN=1 skips it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

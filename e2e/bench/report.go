@@ -38,6 +38,8 @@ type report struct {
 	nova              [3]load.Result // direct, incumbent, metaproxy
 	trivial           [3]load.Result
 	storm             [2]load.Result // incumbent, metaproxy
+	ovn               [3]load.Result // ML2/OVN chassis: direct, incumbent agent, metaproxy
+	ovnSkipped        string
 	cpu               []cpuRow
 }
 
@@ -97,6 +99,7 @@ func (r *report) markdown() string {
 		httpRow(&sb, m, ratio(m.PerSecond, d.PerSecond), ratio(m.PerSecond, i.PerSecond))
 		sb.WriteString("\n")
 	}
+	r.ovnMarkdown(&sb)
 	d, i, m := r.nova[0], r.nova[1], r.nova[2]
 	ti, tm := r.trivial[1], r.trivial[2]
 	added := m.P99 - d.P99
@@ -179,3 +182,20 @@ func (r *report) markdown() string {
 }
 
 func mib(kib int64) float64 { return float64(kib) / 1024 }
+
+// ovnMarkdown renders the ML2/OVN section: the same load on one chassis, nova directly, through
+// the incumbent agent, through metaproxy.
+func (r *report) ovnMarkdown(sb *strings.Builder) {
+	sb.WriteString("### (OVN) ML2/OVN chassis: the real neutron-ovn-metadata-agent vs metaproxy, real nova\n\n")
+	if r.ovnSkipped != "" {
+		fmt.Fprintf(sb, "%s\n\n", r.ovnSkipped)
+		return
+	}
+	sb.WriteString("One VM with its address from OVN's DHCP; both chains through OVN (OVS userspace datapath, no kernel module on this machine) to the same ovnmeta- namespace, one after the other.\n\n")
+	sb.WriteString("| path | req/s | p50 | p90 | p99 | max | errors | req/s vs direct | req/s vs incumbent |\n|---|---|---|---|---|---|---|---|---|\n")
+	d, i, m := r.ovn[0], r.ovn[1], r.ovn[2]
+	httpRow(sb, d, "1.00", "-")
+	httpRow(sb, i, ratio(i.PerSecond, d.PerSecond), "1.00")
+	httpRow(sb, m, ratio(m.PerSecond, d.PerSecond), ratio(m.PerSecond, i.PerSecond))
+	sb.WriteString("\n")
+}

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # metaproxy's benchmarks in one command (`make bench`), as root on a machine with the e2e packages
 # (`make deps`): Go micro-benchmarks of the hot paths, then the side-by-side run against the
-# incumbent neutron-metadata-agent (e2e/bench). Writes bench-results/ (raw output + report.md).
+# incumbent neutron-metadata-agent (e2e/bench), and on an ML2/OVN chassis beside the incumbent
+# neutron-ovn-metadata-agent (e2e/internal/ovnlab). Writes bench-results/ (raw output + report.md).
+# It starts network namespaces and the OVN lab: run it alone on the machine (the e2e suites hold
+# `flock /tmp/metaproxy-e2e.lock`; so should whoever runs this beside them).
 # Env: ENVOY_BIN (measure the real Envoy instead of the e2e stand-in), BENCH_DURATION (10s),
 # BENCH_CONCURRENCY (10), BENCH_STORM_VMS (20), BENCH_RATES (open-loop ext_proc rates, 1000,4000),
 # BENCH_TIME (Go benchtime, 1s), BENCH_SKIP_GO=1,
 # BENCH_SKIP_SIDE=1, BENCH_SKIP_XDS=1, BENCH_XDS_NODES (1000), BENCH_XDS_NETWORKS (100),
-# BENCH_XDS_MODES ("sotw delta"), OUT (bench-results).
+# BENCH_XDS_MODES ("sotw delta"), BENCH_SKIP_OVN=1 (no ML2/OVN section), OUT (bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GO=${GO:-go}
@@ -41,7 +44,7 @@ if [ "${BENCH_SKIP_SIDE:-0}" != 1 ]; then
   if [ "$(id -u)" != 0 ]; then echo "the side-by-side run needs root (namespaces, neutron)"; exit 1; fi
   echo "== building"
   CGO_ENABLED=0 $GO build -trimpath -o "$BIN/" ./cmd/extproc ./cmd/xds ./e2e/cmd/standin ./e2e/cmd/loadgen
-  echo "== side by side (takes ~4 minutes)"
+  echo "== side by side (takes ~5 minutes, the ML2/OVN section included)"
   $GO run -tags e2e ./e2e/bench --bin "$BIN" \
     --duration "${BENCH_DURATION:-10s}" --concurrency "${BENCH_CONCURRENCY:-10}" \
     --storm-vms "${BENCH_STORM_VMS:-20}" --out "$OUT/report.md" 2> "$OUT/bench.log" || {
