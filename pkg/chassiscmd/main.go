@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"github.com/metaproxy/metaproxy/pkg/ovnchassis"
 	"github.com/metaproxy/metaproxy/pkg/ovnmeta"
@@ -157,26 +159,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting xds chassis", "chassis", p.identity.Chassis, "host", p.identity.Host, "bridge", p.identity.Bridge,
 		"southbound", p.identity.SBRemote, "netns_dir", cfg.NetnsDir, "interval", cfg.Interval, "report", cfg.Report)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 3)
-	running := 0
-	start := func(f func() error) { running++; go func() { errc <- f() }() }
-	start(func() error { return p.reconciler.Run(ctx) })
-	if p.reporter != nil {
-		start(func() error { return p.reporter.Run(ctx) })
-	}
+	var lis net.Listener
 	if cfg.AdminListen != "" {
-		lis, err := net.Listen("tcp", cfg.AdminListen)
-		if err != nil {
-			cancel()
-			for ; running > 0; running-- {
-				<-errc
-			}
+		if lis, err = net.Listen("tcp", cfg.AdminListen); err != nil {
 			return fmt.Errorf("listen for admin: %w", err)
 		}
+	}
+	// Each part runs until ctx is done; the first to fail stops the others.
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.reconciler.Run(ctx) })
+	if p.reporter != nil {
+		g.Go(func() error { return p.reporter.Run(ctx) })
+	}
+	if lis != nil {
 		admin := &http.Server{Handler: adminMux(p.reconciler, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
-		start(func() error {
+		g.Go(func() error {
 			go func() { <-ctx.Done(); admin.Close() }()
 			if err := admin.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("admin server: %w", err)
@@ -184,15 +181,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return nil
 		})
 	}
-	var first error
-	for ; running > 0; running-- {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-		cancel() // one part ended: stop the others
-	}
+	err = g.Wait()
 	log.Info("xds chassis stopped; the namespaces stay in place")
-	return first
+	return err
 }
 
 // adminMux serves /healthz, /readyz (a reconcile pass succeeded) and /metrics.

@@ -83,14 +83,20 @@ func (r *Reconciler) log() *slog.Logger {
 
 // Run runs a pass at once and then every Interval until ctx is done; it returns nil then.
 func (r *Reconciler) Run(ctx context.Context) error {
-	if r.Interval < time.Second {
-		return fmt.Errorf("reconcile interval %v: want at least 1s", r.Interval)
+	return every(ctx, r.Interval, "reconcile", r.Once, func(err error) { r.log().Error("reconcile pass failed", "error", err) })
+}
+
+// every calls once at once and then every interval until ctx is done (then it returns nil),
+// handing each error to failed. interval must be at least a second.
+func every(ctx context.Context, interval time.Duration, what string, once func(context.Context) error, failed func(error)) error {
+	if interval < time.Second {
+		return fmt.Errorf("%s interval %v: want at least 1s", what, interval)
 	}
-	t := time.NewTicker(r.Interval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if err := r.Once(ctx); err != nil && ctx.Err() == nil {
-			r.log().Error("reconcile pass failed", "error", err)
+		if err := once(ctx); err != nil && ctx.Err() == nil {
+			failed(err)
 		}
 		select {
 		case <-ctx.Done():

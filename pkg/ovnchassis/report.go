@@ -59,22 +59,13 @@ func (r *Reporter) log() *slog.Logger {
 // Run checks at once and then every Interval until ctx is done. It then removes the description
 // it wrote (with a short deadline of its own) and returns nil.
 func (r *Reporter) Run(ctx context.Context) error {
-	if r.Interval < time.Second {
-		return fmt.Errorf("report interval %v: want at least 1s", r.Interval)
+	err := every(ctx, r.Interval, "report", r.Once, func(err error) {
+		r.log().Warn("agent report to the Southbound database failed", "chassis", r.Chassis, "error", err)
+	})
+	if err == nil {
+		r.unregister()
 	}
-	t := time.NewTicker(r.Interval)
-	defer t.Stop()
-	for {
-		if err := r.Once(ctx); err != nil && ctx.Err() == nil {
-			r.log().Warn("agent report to the Southbound database failed", "chassis", r.Chassis, "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			r.unregister()
-			return nil
-		case <-t.C:
-		}
-	}
+	return err
 }
 
 // Once brings the chassis's Chassis_Private record up to date: the agent id if it is missing,
