@@ -15,8 +15,10 @@
 // found by the lab's base directory in its command line.
 //
 // Only one netdev ovs-vswitchd may run on a host, and the lab's names are fixed (br-int, the
-// chassis): hold the suite's lock (flock /tmp/metaproxy-e2e.lock) while a lab runs. Needs root,
-// ~1 GB of memory and the packages e2e/scripts/install-deps.sh installs.
+// chassis): Start waits until no other lab runs (a flock on /run/metaproxy-e2e/ovnlab.lock, held
+// until Close), so the test binaries of one `go test ./e2e/...` take turns; other suites that use
+// the host's namespaces hold the suite's lock (flock /tmp/metaproxy-e2e.lock). Needs root, ~1 GB of
+// memory and the packages e2e/scripts/install-deps.sh installs.
 //
 // Pitfalls it handles (from the recipe): TCP checksums are filled in by an iptables rule in the VM
 // namespaces (the userspace datapath and veths leave them partial; the agent, and xds chassis, add

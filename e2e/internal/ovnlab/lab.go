@@ -34,6 +34,10 @@ const Bridge = "br-int"
 // what a crashed lab's agent left outside its process groups.
 const labMarkerDir = "/run/metaproxy-e2e/ovnlab"
 
+// labLock is held (flock) by the one lab that runs on the host: `go test ./e2e/...` runs several
+// test binaries at once, and two labs cannot share the netdev datapath, br-int or the chassis name.
+const labLock = "/run/metaproxy-e2e/ovnlab.lock"
+
 // Options configures Start.
 type Options struct {
 	// BaseDir holds every database, socket, configuration and log. Empty: a new directory under
@@ -62,6 +66,8 @@ type Lab struct {
 	ownsBase bool
 	cloud    *openstack.Cloud
 	marker   string
+
+	lock *os.File // labLock, held until Close
 
 	mu      sync.Mutex
 	daemons []*openstack.Process // in start order; stopped in reverse
@@ -112,14 +118,20 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	}
 	t0 := time.Now()
 	l = &Lab{opts: o, base: o.BaseDir, vms: map[string]*VM{}}
+	if l.lock, err = lockHost(ctx, o.Logf); err != nil {
+		return nil, err
+	}
 	if err := reapStale(ctx, o.Logf); err != nil {
+		l.lock.Close()
 		return nil, err
 	}
 	if other := liveProcesses("ovs-vswitchd"); len(other) > 0 {
+		l.lock.Close()
 		return nil, fmt.Errorf("ovnlab: another ovs-vswitchd runs on this host (pids %v): only one netdev datapath may; stop it (systemctl stop openvswitch-switch) or wait for the other run", other)
 	}
 	if l.base == "" {
 		if l.base, err = os.MkdirTemp("", "ovnlab-"); err != nil {
+			l.lock.Close()
 			return nil, fmt.Errorf("ovnlab: base dir: %w", err)
 		}
 		l.ownsBase = true
@@ -402,7 +414,39 @@ func (l *Lab) Close() error {
 		errs = append(errs, os.RemoveAll(l.base))
 	}
 	l.opts.Logf("ovnlab: stopped in %s", time.Since(t0).Round(100*time.Millisecond))
+	l.lock.Close() // releases the host
 	return errors.Join(errs...)
+}
+
+// lockHost waits (as long as ctx allows) until no other lab runs on this host, and returns the
+// held lock; closing the file releases it, and so does this process's end.
+func lockHost(ctx context.Context, logf func(string, ...any)) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(labLock), 0o755); err != nil {
+		return nil, fmt.Errorf("ovnlab: %w", err)
+	}
+	f, err := os.OpenFile(labLock, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("ovnlab: %w", err)
+	}
+	for waited := false; ; waited = true {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("ovnlab: lock %s: %w", labLock, err)
+		}
+		if !waited {
+			logf("ovnlab: another lab runs on this host; waiting for it to end")
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("ovnlab: another lab kept %s: %w", labLock, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // Logs returns the last lines of the lab's logs and of the cloud's, for a failing test to print.
