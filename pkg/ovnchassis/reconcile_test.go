@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,7 +54,6 @@ func (f *fakeNeutron) HostHasChassis(_ context.Context, host string) (bool, erro
 }
 
 type fakeNamespaces struct {
-	mu       sync.Mutex
 	present  []string
 	ensured  []ovnmeta.Network
 	removed  []string

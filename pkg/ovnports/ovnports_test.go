@@ -105,8 +105,8 @@ func TestNeutronAnswersThatAreNotListsAreErrors(t *testing.T) {
 	for name, h := range map[string]func(w http.ResponseWriter, r *http.Request){
 		"empty object": func(w http.ResponseWriter, r *http.Request) { writeJSON(w, map[string]any{}) },
 		"html":         func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("<html>proxy error</html>")) },
-		"500":          func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) },
-		"401":          func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 401) },
+		"500":          func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", http.StatusInternalServerError) },
+		"401":          func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusUnauthorized) },
 		"other host": func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, map[string]any{"ports": []map[string]any{{"network_id": "n", "device_owner": "compute:nova", "binding:host_id": "compute-9"}}})
 		},
