@@ -7,7 +7,7 @@ import (
 )
 
 // OVN points neutron-server at OVN's databases (ML2/OVN, `[ovn] ovn_metadata_enabled = True`), as
-// /work/shared/openstack/ovn/real-ovn.sh verified it: the ovn mechanism driver on geneve networks,
+// the project's shared/openstack/ovn/real-ovn.sh recipe verified it: the ovn mechanism driver on geneve networks,
 // the ovn-router service plugin, no RPC workers (nothing talks RPC to neutron-server), and
 // neutron_sync_mode off. Networks then get no DHCP port (OVN answers DHCP); neutron creates each
 // network's metadata port (device_owner network:distributed) itself. Package e2e/internal/ovnlab

@@ -1,7 +1,7 @@
 //go:build e2e
 
 // Package ovnlab runs the whole ML2/OVN metadata path on one machine for the end-to-end suite, as
-// /work/shared/openstack/ovn/real-ovn.sh verified it: Open vSwitch with the userspace (netdev)
+// the project's shared/openstack/ovn/real-ovn.sh recipe verified it: Open vSwitch with the userspace (netdev)
 // datapath (no kernel module), OVN's Northbound and Southbound databases, ovn-northd and
 // ovn-controller registering one chassis, neutron-server with ML2/OVN and nova's metadata API (from
 // e2e/internal/openstack), optionally the real neutron-ovn-metadata-agent, and VMs: network
