@@ -99,6 +99,13 @@ func TestLabWithTheRealAgent(t *testing.T) {
 		t.Errorf("close: %v", err)
 	}
 	closed = true
+	// Another test binary's lab may start as soon as this one released the host: look at the
+	// host's fixed names (br-int, the datapath's tap) only while holding it again.
+	lock, err := lockHost(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
 	for _, ns := range []string{vm.Namespace, n.Namespace()} {
 		if _, err := os.Stat(vmnet.NamespacePath(ns)); err == nil {
 			t.Errorf("namespace %s left behind", ns)
