@@ -11,8 +11,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/metaproxy/metaproxy/deploy/observability"
-	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/chassiscmd"
+	"github.com/metaproxy/metaproxy/pkg/decide"
 	"github.com/metaproxy/metaproxy/pkg/extproccmd"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
 	"github.com/metaproxy/metaproxy/pkg/xdscmd"
