@@ -96,8 +96,10 @@ func WithAttempt(l *listenerv3.Listener, attempt uint32) *listenerv3.Listener {
 	return out
 }
 
-// listeners returns the IPv4 listener of n and, when n.Interface is known, the IPv6 one.
-func (sh *Shared) listeners(n source.Network) ([]*listenerv3.Listener, error) {
+// Listeners returns the listeners of network n, validated: the IPv4 one and, when n.Interface is
+// known, the IPv6 one, sorted by name. They depend on n and the settings only, never on the node
+// that serves n.
+func (sh *Shared) Listeners(n source.Network) ([]*listenerv3.Listener, error) {
 	if !contract.ValidID(n.ID) {
 		return nil, fmt.Errorf("invalid id %q", n.ID)
 	}
@@ -116,15 +118,12 @@ func (sh *Shared) listeners(n source.Network) ([]*listenerv3.Listener, error) {
 		versions = append(versions, 6)
 	}
 	out := make([]*listenerv3.Listener, 0, len(versions))
-	statPrefix := fmt.Sprintf("metadata-%s-%s", n.Kind, n.ID)
+	statPrefix := "metadata-" + n.Kind.String() + "-" + n.ID
 	var hcm *anypb.Any
-	var hcmRateLimit *anypb.Any
 	for i, v := range versions {
 		name := ListenerName(n.Kind, n.ID, int(v))
-		if i == 0 || sh.rateLimit[v] != hcmRateLimit {
-			hcmRateLimit = sh.rateLimit[v]
-			hcm, err = httpConnectionManager(statPrefix, sh.settings.Timeouts, hcmRateLimit, extProc, sh.router, sh.tracing)
-			if err != nil {
+		if i == 0 || !sh.hcm.sameForVersions(versions[i-1], v) {
+			if hcm, err = sh.hcm.httpConnectionManager(statPrefix, v, extProc); err != nil {
 				return nil, err
 			}
 		}

@@ -9,7 +9,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -28,17 +27,15 @@ type Resources struct {
 	Clusters  []*clusterv3.Cluster
 }
 
-// Shared are the resources that do not depend on the node: the clusters and the route. Build them
-// once with NewShared and reuse them for every node.
+// Shared are the resources that do not depend on the node: the clusters and the route, and what
+// the listeners of all networks share (the HTTP connection manager but for the network's ext_proc
+// filter and stat prefix). Build them once with NewShared and reuse them for every node and
+// network; safe for concurrent use.
 type Shared struct {
 	settings Settings
 	clusters []*clusterv3.Cluster
 	route    *routev3.RouteConfiguration
-	// rateLimit is the packed local rate limit filter per IP version (nil when off).
-	rateLimit map[ipVersion]*anypb.Any
-	router    *anypb.Any
-	// tracing is the HCM tracing configuration (nil when Envoy does not trace).
-	tracing *hcmv3.HttpConnectionManager_Tracing
+	hcm      *hcmShared
 }
 
 // NewShared validates s and builds the node-independent resources.
@@ -58,10 +55,6 @@ func NewShared(s Settings) (*Shared, error) {
 	if err != nil {
 		return nil, err
 	}
-	router, err := routerFilter()
-	if err != nil {
-		return nil, err
-	}
 	clusters := []*clusterv3.Cluster{nova, ext}
 	tracing, err := hcmTracing(s.EnvoyTracing)
 	if err != nil {
@@ -74,22 +67,40 @@ func NewShared(s Settings) (*Shared, error) {
 		}
 		clusters = append(clusters, otel)
 	}
-	sh := &Shared{settings: s, clusters: sortByName(clusters), route: route, rateLimit: map[ipVersion]*anypb.Any{}, router: router, tracing: tracing}
+	rateLimit := map[ipVersion]*anypb.Any{}
 	if s.RateLimit.Enabled {
 		f, err := localRateLimitFilter(s.RateLimit)
 		if err != nil {
 			return nil, err
 		}
 		for _, v := range s.RateLimit.IPVersions {
-			sh.rateLimit[ipVersion(v)] = f
+			rateLimit[ipVersion(v)] = f
 		}
 	}
-	return sh, nil
+	hcm, err := newHCMShared(s.Timeouts, rateLimit, tracing)
+	if err != nil {
+		return nil, err
+	}
+	return &Shared{settings: s, clusters: sortByName(clusters), route: route, hcm: hcm}, nil
 }
 
-// Node returns the resources of a node serving nets. A node without networks gets the clusters
-// only (no listeners, so no route either): Envoy drops the old listeners, keeps its clusters warm,
-// and the snapshot stays consistent.
+// Clusters returns the clusters every node gets, sorted by name. They are built once by NewShared:
+// callers must not modify them.
+func (sh *Shared) Clusters() []*clusterv3.Cluster { return sh.clusters }
+
+// Routes returns the route configurations of a node with listeners (the one RouteName every
+// listener names). Built once by NewShared: callers must not modify them.
+func (sh *Shared) Routes() []*routev3.RouteConfiguration {
+	return []*routev3.RouteConfiguration{sh.route}
+}
+
+// Node returns the resources of a node serving nets: Clusters, the Listeners of every network and,
+// when there is at least one listener, Routes. A node without networks gets the clusters only (no
+// listeners, so no route either): Envoy drops the old listeners, keeps its clusters warm, and the
+// snapshot stays consistent.
+//
+// Node translates every network each time; package serve calls Listeners once per distinct
+// network instead and keeps the result.
 func (sh *Shared) Node(nets []source.Network) (Resources, error) {
 	res := Resources{Clusters: sh.clusters}
 	perNet := make([][]*listenerv3.Listener, len(nets))
@@ -102,7 +113,7 @@ func (sh *Shared) Node(nets []source.Network) (Resources, error) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < len(nets); i += workers {
-				perNet[i], errs[i] = sh.listeners(nets[i])
+				perNet[i], errs[i] = sh.Listeners(nets[i])
 			}
 		}()
 	}
@@ -114,7 +125,7 @@ func (sh *Shared) Node(nets []source.Network) (Resources, error) {
 		res.Listeners = append(res.Listeners, perNet[i]...)
 	}
 	if len(res.Listeners) > 0 {
-		res.Routes = []*routev3.RouteConfiguration{sh.route}
+		res.Routes = sh.Routes()
 	}
 	res.Listeners = sortByName(res.Listeners)
 	for i := 1; i < len(res.Listeners); i++ {

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -146,6 +149,40 @@ func TestNodeIsDeterministic(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, names); diff != "" {
 		t.Errorf("listener names (-want +got):\n%s", diff)
+	}
+}
+
+// TestListenersNameTheSharedRoutes: every listener of a Shared names exactly the routes Routes
+// returns, as go-control-plane's own GetResourceReferences reads them (package serve relies on it
+// to check its snapshots' consistency without unpacking every listener), for every golden case.
+func TestListenersNameTheSharedRoutes(t *testing.T) {
+	for name, tc := range goldenCases {
+		t.Run(name, func(t *testing.T) {
+			s := DefaultSettings()
+			if tc.settings != nil {
+				tc.settings(&s)
+			}
+			sh, err := NewShared(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]bool{}
+			for _, r := range sh.Routes() {
+				want[r.GetName()] = true
+			}
+			for _, n := range append(tc.nets, network(net2, "tap0a6e3c52-9f")) {
+				ls, err := sh.Listeners(n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, l := range ls {
+					refs := cache.GetResourceReferences(map[string]types.ResourceWithTTL{l.GetName(): {Resource: l}})
+					if diff := cmp.Diff(map[resource.Type]map[string]bool{resource.RouteType: want}, refs); diff != "" {
+						t.Errorf("%s references (-Routes +listener):\n%s", l.GetName(), diff)
+					}
+				}
+			}
+		})
 	}
 }
 
