@@ -1,6 +1,8 @@
 // Package serve hands the translated resources to Envoy: one go-control-plane snapshot per node,
-// checked with Consistent() and versioned by a hash of its content, served over ADS (state of the
-// world and delta) by a gRPC server with keepalives, and refreshed by a poll loop over a source.
+// checked for consistency and versioned per resource type by a hash of its content, served over ADS
+// (state of the world and delta) by a gRPC server with keepalives, and refreshed by a poll loop
+// over a source. A poll costs what changed: unchanged nodes nothing, a network's listeners are
+// built once for every node that serves it, and resources are kept and sent in their encoded form.
 //
 // A node gets a snapshot only once the source named it (before, its Envoy keeps what it runs);
 // listeners an Envoy rejects are pushed again with back-off (Snapshots, and the gate that keeps

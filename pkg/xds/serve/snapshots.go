@@ -3,24 +3,17 @@ package serve
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/metaproxy/metaproxy/pkg/xds/source"
 	"github.com/metaproxy/metaproxy/pkg/xds/translate"
@@ -43,30 +36,52 @@ import (
 // new snapshot version, so identical content would never be sent again. The retry ends when Envoy
 // accepts the listener (an ACK, or a NACK that no longer names it) or the source changes or drops
 // it.
+//
+// The cost of a poll follows what changed, not the size of the fleet (Apply): a node whose
+// networks did not change costs a comparison; a network's listeners are translated, encoded and
+// hashed once however many nodes serve it; the clusters and the route are encoded once for all
+// nodes. Every resource is kept only as its encoding (served), which go-control-plane hands to the
+// transport without a copy, and each resource type of a snapshot has its own version, so a new
+// network sends nodes their listeners only.
 type Snapshots struct {
 	cache   *nackGate
 	log     *slog.Logger
 	backoff Backoff
 	clock   Clock
 
+	// applyMu serializes Apply; shared and common are the translate.Shared of the last Apply and
+	// its encoded clusters and routes.
+	applyMu sync.Mutex
+	shared  *translate.Shared
+	common  *common
+
 	mu      sync.Mutex
 	nodes   map[string]*nodeState // nodes with a snapshot
 	streams map[string]int        // open xDS streams per node id, known to the source or not
-	retried atomic.Int64          // rejected listeners pushed again
+	// built are the listeners of every network some node's snapshot has (Apply), each built once
+	// however many nodes serve it, and dropped when no node has it any more.
+	built   map[netKey]*builtNetwork
+	retried atomic.Int64 // rejected listeners pushed again
 }
 
 // nodeState is what Snapshots keeps for a node with a snapshot.
 type nodeState struct {
-	res       translate.Resources // from the source, before retries mark listeners
-	inSource  bool                // named by the last successful poll
+	common *common
+	// nets are the source's networks the listeners were built from (Apply; nil from Set), to tell
+	// whether anything changed, and uses their entries in Snapshots.built (uses[i] is nets[i]'s);
+	// listeners are those before retries mark them, sorted by name.
+	nets      []source.Network
+	uses      []*builtNetwork
+	listeners []*served
+	inSource  bool // named by the last successful poll
 	version   string
-	listeners int
 	seq       uint64 // snapshots set so far
 	recent    [8]published
 	retries   map[string]*retry // listener name -> its retry
 }
 
-// published remembers which snapshot (seq) had a version, to tell which push an ACK or NACK is about.
+// published remembers which snapshot (seq) had a listeners version, to tell which push an ACK or
+// NACK is about.
 type published struct {
 	version string
 	seq     uint64
@@ -75,7 +90,7 @@ type published struct {
 // retry is a listener the node's Envoy rejected.
 type retry struct {
 	network   string
-	digest    [sha256.Size]byte // content from the source this retry is about
+	digest    [sha256.Size]byte // of the content from the source this retry is about (served.digest)
 	attempt   uint32            // translate.WithAttempt value served (0: the source's own content)
 	failures  int               // consecutive rejections; 0 once accepted
 	pushed    uint64            // seq of the snapshot that carried attempt
@@ -112,7 +127,7 @@ func NewSnapshots(log *slog.Logger, opts ...Option) *Snapshots {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Snapshots{log: log, backoff: DefaultBackoff, clock: realClock{},
-		nodes: map[string]*nodeState{}, streams: map[string]int{}}
+		nodes: map[string]*nodeState{}, streams: map[string]int{}, built: map[netKey]*builtNetwork{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -127,7 +142,7 @@ func (s *Snapshots) Nodes() []NodeState {
 	s.mu.Lock()
 	out := make([]NodeState, 0, len(s.nodes))
 	for n, ns := range s.nodes {
-		out = append(out, NodeState{Node: n, Version: ns.version, Listeners: ns.listeners})
+		out = append(out, NodeState{Node: n, Version: ns.version, Listeners: len(ns.listeners)})
 	}
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
@@ -174,15 +189,38 @@ func (s *Snapshots) Version(node string) string {
 // Set installs res as node's snapshot (the node is now known to the source) unless it has the same
 // content as the current one. A snapshot that is not Consistent() (a listener naming a route that
 // is not there, a route nobody uses) is refused with an error and the node keeps its previous
-// snapshot: with ADS, Envoy would otherwise wait forever for the missing resource.
+// snapshot: with ADS, Envoy would otherwise wait forever for the missing resource. Unlike Apply,
+// Set encodes every resource of res each time.
 func (s *Snapshots) Set(ctx context.Context, node string, res translate.Resources) (changed bool, err error) {
-	return s.set(ctx, node, res, true)
+	cs, err := encodeAll(res.Clusters)
+	if err != nil {
+		return false, fmt.Errorf("node %s: %w", node, err)
+	}
+	rs, err := encodeAll(res.Routes)
+	if err != nil {
+		return false, fmt.Errorf("node %s: %w", node, err)
+	}
+	ls, err := encodeAll(res.Listeners)
+	if err != nil {
+		return false, fmt.Errorf("node %s: %w", node, err)
+	}
+	routes := newResourceSet(rs)
+	cm := &common{clusters: newResourceSet(cs), routes: routes, noRoutes: routes}
+	return s.set(ctx, node, cm, nodeInput{listeners: ls}, true)
 }
 
-// set is Set; with inSource false (the source no longer names the node) the node keeps a snapshot
-// only while a stream of it is open, so that its Envoy drops the listeners; otherwise it is
-// forgotten.
-func (s *Snapshots) set(ctx context.Context, node string, res translate.Resources, inSource bool) (changed bool, err error) {
+// nodeInput is what a node's snapshot is built from: its networks (nil from Set), their entries
+// in Snapshots.built, and their listeners, sorted by name.
+type nodeInput struct {
+	nets      []source.Network
+	uses      []*builtNetwork
+	listeners []*served
+}
+
+// set makes in (with cm) node's snapshot; with inSource false (the source no longer names the
+// node) the node keeps a snapshot only while a stream of it is open, so that its Envoy drops the
+// listeners; otherwise it is forgotten.
+func (s *Snapshots) set(ctx context.Context, node string, cm *common, in nodeInput, inSource bool) (changed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ns := s.nodes[node]
@@ -196,59 +234,68 @@ func (s *Snapshots) set(ctx context.Context, node string, res translate.Resource
 	if fresh {
 		ns = &nodeState{retries: map[string]*retry{}}
 	}
-	prev := ns.res
-	ns.res, ns.inSource = res, inSource
+	prev := *ns
+	ns.common, ns.nets, ns.uses, ns.listeners, ns.inSource = cm, in.nets, in.uses, in.listeners, inSource
 	s.dropStaleRetries(ns)
 	changed, err = s.publishLocked(ctx, node, ns)
 	if err != nil {
-		ns.res = prev
+		ns.common, ns.nets, ns.uses, ns.listeners, ns.inSource = prev.common, prev.nets, prev.uses, prev.listeners, prev.inSource
 		return false, err
 	}
+	s.refLocked(cm, in.nets, in.uses, 1)
+	s.refLocked(prev.common, prev.nets, prev.uses, -1)
 	if fresh {
 		s.nodes[node] = ns
 	}
 	return changed, nil
 }
 
-// publishLocked sets the snapshot of node from ns.res and its retries, if its content changed.
+// publishLocked sets the snapshot of node from ns's listeners and retries, if its content changed.
 func (s *Snapshots) publishLocked(ctx context.Context, node string, ns *nodeState) (bool, error) {
-	listeners := ns.res.Listeners
+	listeners := ns.listeners
 	if marked := ns.marked(); len(marked) > 0 {
 		listeners = slices.Clone(listeners)
 		for i, l := range listeners {
-			if a, ok := marked[l.GetName()]; ok {
-				listeners[i] = translate.WithAttempt(l, a)
+			if a, ok := marked[l.name]; ok {
+				m, err := withAttempt(l, a)
+				if err != nil {
+					return false, fmt.Errorf("node %s: %w", node, err)
+				}
+				listeners[i] = m
 			}
 		}
 	}
-	byType := map[resource.Type][]types.Resource{
-		resource.ListenerType: toResources(listeners),
-		resource.RouteType:    toResources(ns.res.Routes),
-		resource.ClusterType:  toResources(ns.res.Clusters),
+	routes := ns.common.noRoutes
+	if len(listeners) > 0 {
+		routes = ns.common.routes
 	}
-	version, err := Version(byType)
-	if err != nil {
-		return false, fmt.Errorf("node %s: %w", node, err)
-	}
+	lds := newResourceSet(listeners)
+	snap := newSnapshot(ns.common.clusters, routes, lds)
+	version := snap.version()
 	if ns.version == version {
 		return false, nil
 	}
-	snap, err := cache.NewSnapshot(version, byType)
-	if err != nil {
-		return false, fmt.Errorf("node %s: new snapshot: %w", node, err)
-	}
-	if err := snap.Consistent(); err != nil {
+	if err := snap.consistent(); err != nil {
 		return false, fmt.Errorf("node %s: snapshot %s is not consistent, not set: %w", node, version, err)
 	}
 	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
 		return false, fmt.Errorf("node %s: set snapshot: %w", node, err)
 	}
-	ns.version, ns.listeners = version, len(listeners)
+	ns.version = version
 	ns.seq++
-	ns.recent[ns.seq%uint64(len(ns.recent))] = published{version: version, seq: ns.seq}
+	ns.recent[ns.seq%uint64(len(ns.recent))] = published{version: lds.version, seq: ns.seq}
 	s.log.Info("snapshot set", "node", node, "version", version,
-		"listeners", len(listeners), "routes", len(ns.res.Routes), "clusters", len(ns.res.Clusters))
+		"listeners", len(listeners), "routes", len(routes.items), "clusters", len(ns.common.clusters.items))
 	return true, nil
+}
+
+// withAttempt returns l marked with attempt (translate.WithAttempt), encoded.
+func withAttempt(l *served, attempt uint32) (*served, error) {
+	full, err := l.listener()
+	if err != nil {
+		return nil, err
+	}
+	return encode(translate.WithAttempt(full, attempt))
 }
 
 // marked returns the listeners served with an attempt mark.
@@ -266,11 +313,10 @@ func (ns *nodeState) marked() map[string]uint32 {
 }
 
 // listener returns the node's listener from the source named name, or nil.
-func (ns *nodeState) listener(name string) *listenerv3.Listener {
-	ls := ns.res.Listeners // sorted by name (translate)
-	i := sort.Search(len(ls), func(i int) bool { return ls[i].GetName() >= name })
-	if i < len(ls) && ls[i].GetName() == name {
-		return ls[i]
+func (ns *nodeState) listener(name string) *served {
+	i, ok := slices.BinarySearchFunc(ns.listeners, name, func(l *served, name string) int { return strings.Compare(l.name, name) })
+	if ok {
+		return ns.listeners[i]
 	}
 	return nil
 }
@@ -294,11 +340,8 @@ func (ns *nodeState) seqOf(version string) uint64 {
 // is pushed as it is; if Envoy rejects it too, a new retry starts).
 func (s *Snapshots) dropStaleRetries(ns *nodeState) {
 	for name, r := range ns.retries {
-		l := ns.listener(name)
-		if l != nil {
-			if d, err := digest(l); err == nil && d == r.digest {
-				continue
-			}
+		if l := ns.listener(name); l != nil && l.digest == r.digest {
+			continue
 		}
 		if r.stop != nil {
 			r.stop()
@@ -362,13 +405,8 @@ func (s *Snapshots) Verdict(node, typeURL, version, detail string, nack bool) {
 			s.log.Warn("envoy rejected a listener this node does not have", "node", node, "listener", name, "error", msg)
 			continue
 		}
-		d, err := digest(l)
-		if err != nil {
-			s.log.Error("cannot retry a rejected listener", "node", node, "listener", name, "error", err)
-			continue
-		}
 		network, _ := translate.ListenerNetwork(name)
-		r := &retry{network: network, digest: d, failures: 1, lastError: msg}
+		r := &retry{network: network, digest: l.digest, failures: 1, lastError: msg}
 		ns.retries[name] = r
 		s.scheduleLocked(node, name, r)
 	}
@@ -431,56 +469,11 @@ func (s *Snapshots) forgetLocked(node string) {
 				r.stop()
 			}
 		}
+		s.refLocked(ns.common, ns.nets, ns.uses, -1)
 		delete(s.nodes, node)
 		s.log.Info("node forgotten", "node", node)
 	}
 	s.cache.ClearSnapshot(node)
-}
-
-// Apply translates and sets the snapshot of every node in nodes. Nodes that had a snapshot but are
-// no longer in nodes get an empty one (clusters only) while their Envoy is connected, so that it
-// drops the listeners instead of serving stale networks, and are forgotten otherwise (an Envoy of
-// a node the source does not know gets nothing: it keeps what it has). A node whose translation
-// fails keeps its previous snapshot; all failures are returned together.
-func (s *Snapshots) Apply(ctx context.Context, sh *translate.Shared, nodes source.Nodes) error {
-	names := make([]string, 0, len(nodes))
-	for n := range nodes {
-		names = append(names, n)
-	}
-	s.mu.Lock()
-	for n := range s.nodes {
-		if _, ok := nodes[n]; !ok {
-			names = append(names, n)
-		}
-	}
-	s.mu.Unlock()
-	sort.Strings(names)
-
-	// Spans are children of the caller's (the poll's); with no recording span in ctx, none are made.
-	tracer := trace.SpanFromContext(ctx).TracerProvider().Tracer(InstrumentationName)
-	var errs []error
-	for _, node := range names {
-		nets, inSource := nodes[node]
-		nodeAttr := AttrNode.String(node)
-		_, build := tracer.Start(ctx, SpanSnapshotBuild, trace.WithAttributes(nodeAttr, AttrNetworks.Int(len(nets))))
-		res, err := sh.Node(nets)
-		if err != nil {
-			err = fmt.Errorf("node %s: translate: %w", node, err)
-			endSpan(build, err)
-			errs = append(errs, err)
-			continue
-		}
-		build.SetAttributes(AttrListeners.Int(len(res.Listeners)))
-		build.End()
-		pctx, push := tracer.Start(ctx, SpanSnapshotPush, trace.WithAttributes(nodeAttr))
-		changed, err := s.set(pctx, node, res, inSource)
-		push.SetAttributes(AttrChanged.Bool(changed), AttrVersion.String(s.Version(node)))
-		endSpan(push, err)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // ldsErrorPrefix starts the error_detail of Envoy's LDS NACK (LdsApiImpl::onConfigUpdate in
@@ -503,75 +496,6 @@ func RejectedListeners(detail string) map[string]string {
 		} else if last != "" && line != "" {
 			out[last] += "\n" + line // an error message on several lines
 		}
-	}
-	return out
-}
-
-func digest(l *listenerv3.Listener) ([sha256.Size]byte, error) {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(l)
-	if err != nil {
-		return [sha256.Size]byte{}, err
-	}
-	return sha256.Sum256(b), nil
-}
-
-// Version returns a version derived from the content of the resources: a SHA-256 (first 16 bytes,
-// hex) over the SHA-256 of every resource's deterministic encoding, in type and name order. The same
-// input always gives the same version, so a poll that finds nothing new sends nothing. Resources
-// are encoded on all CPUs.
-func Version(byType map[resource.Type][]types.Resource) (string, error) {
-	typs := make([]string, 0, len(byType))
-	for t := range byType {
-		typs = append(typs, t)
-	}
-	sort.Strings(typs)
-	h := sha256.New()
-	for _, t := range typs {
-		items := make([]types.Resource, len(byType[t]))
-		copy(items, byType[t])
-		sort.Slice(items, func(i, j int) bool { return cache.GetResourceName(items[i]) < cache.GetResourceName(items[j]) })
-		digests, err := digestAll(items)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", t, err)
-		}
-		h.Write([]byte(t))
-		h.Write([]byte{0})
-		for _, d := range digests {
-			h.Write(d[:])
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)[:16]), nil
-}
-
-func digestAll(items []types.Resource) ([][sha256.Size]byte, error) {
-	out := make([][sha256.Size]byte, len(items))
-	errs := make([]error, runtime.GOMAXPROCS(0))
-	workers := min(len(errs), max(1, len(items)/256))
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			opts := proto.MarshalOptions{Deterministic: true}
-			var buf []byte
-			for i := w; i < len(items); i += workers {
-				var err error
-				if buf, err = opts.MarshalAppend(buf[:0], items[i]); err != nil {
-					errs[w] = fmt.Errorf("encode %s: %w", cache.GetResourceName(items[i]), err)
-					return
-				}
-				out[i] = sha256.Sum256(buf)
-			}
-		}()
-	}
-	wg.Wait()
-	return out, errors.Join(errs...)
-}
-
-func toResources[T types.Resource](items []T) []types.Resource {
-	out := make([]types.Resource, len(items))
-	for i, it := range items {
-		out[i] = it
 	}
 	return out
 }

@@ -1,0 +1,135 @@
+package serve
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	xdsstream "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+
+	"github.com/metaproxy/metaproxy/pkg/resolve"
+	"github.com/metaproxy/metaproxy/pkg/xds/source"
+)
+
+// fleet returns nodes x perNode networks, every network on one node (as `loadgen xds` makes them
+// with one agent per network); extra adds one more network to every node.
+func fleet(nodes, perNode int, extra bool) source.Nodes {
+	out := make(source.Nodes, nodes)
+	for i := range nodes {
+		n := perNode
+		if extra {
+			n++
+		}
+		nets := make([]source.Network, n)
+		for j := range nets {
+			k := i*(perNode+1) + j
+			id := fmt.Sprintf("%08x-0000-4000-8000-%012x", k, k)
+			nets[j] = source.Network{Kind: resolve.KindNetwork, ID: id, NamespacePath: source.NamespacePath(source.DefaultNetnsDir, resolve.KindNetwork, id)}
+		}
+		out[fmt.Sprintf("node-%05d", i)] = nets
+	}
+	return out
+}
+
+// BenchmarkApply measures one poll's work in Snapshots.Apply for fleets of the sizes `loadgen
+// xds` runs, without clients: "first" is a fresh cmd/xds (every network translated), "unchanged"
+// a poll that finds nothing new, "one-node" one network added on one node, "every-node" one
+// network added on every node (what `loadgen xds` changes). live-B/listener is the heap kept per
+// listener once the fleet is applied.
+func BenchmarkApply(b *testing.B) {
+	for _, size := range []struct{ nodes, perNode int }{{1000, 100}, {5000, 10}} {
+		before, after := fleet(size.nodes, size.perNode, false), fleet(size.nodes, size.perNode, true)
+		oneNode := make(source.Nodes, len(before))
+		for n, nets := range before {
+			oneNode[n] = nets
+		}
+		oneNode["node-00000"] = after["node-00000"]
+		listeners := size.nodes * size.perNode
+		name := fmt.Sprintf("%dx%d", size.nodes, size.perNode)
+		sh := newShared(b)
+		ctx := context.Background()
+		apply := func(b *testing.B, s *Snapshots, nodes source.Nodes) {
+			if err := s.Apply(ctx, sh, nodes); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(name+"/first", func(b *testing.B) {
+			b.ReportAllocs()
+			var live uint64
+			for b.Loop() {
+				b.StopTimer()
+				s := NewSnapshots(nil)
+				var m0, m1 runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&m0)
+				b.StartTimer()
+				apply(b, s, before)
+				b.StopTimer()
+				runtime.GC()
+				runtime.ReadMemStats(&m1)
+				live = m1.HeapAlloc - m0.HeapAlloc
+				runtime.KeepAlive(s)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(live)/float64(listeners), "live-B/listener")
+		})
+		for _, tc := range []struct {
+			name string
+			next source.Nodes
+		}{{"unchanged", before}, {"one-node", oneNode}, {"every-node", after}} {
+			b.Run(name+"/"+tc.name, func(b *testing.B) {
+				s := NewSnapshots(nil)
+				apply(b, s, before)
+				b.ReportAllocs()
+				for b.Loop() {
+					apply(b, s, tc.next)
+					b.StopTimer()
+					apply(b, s, before) // back, for the next round
+					b.StartTimer()
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkResponse measures what go-control-plane's snapshot cache costs to answer one Envoy of
+// a node with 100 networks, state of the world and delta, from the request to the marshaled
+// response (what the xDS server then hands to gRPC).
+func BenchmarkResponse(b *testing.B) {
+	s := NewSnapshots(nil)
+	nodes := fleet(1, 100, false)
+	if err := s.Apply(context.Background(), newShared(b), nodes); err != nil {
+		b.Fatal(err)
+	}
+	node := &corev3.Node{Id: "node-00000"}
+	b.Run("sotw-listeners", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			resp, err := s.Cache().Fetch(context.Background(), &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := resp.GetDiscoveryResponse(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("delta-listeners", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			ch := make(chan cache.DeltaResponse, 1)
+			req := &discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}
+			if _, err := s.Cache().CreateDeltaWatch(req, xdsstream.NewDeltaSubscription(nil, nil, nil, true), ch); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := (<-ch).GetDeltaDiscoveryResponse(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
