@@ -21,9 +21,9 @@ trap 'rm -rf "$BIN"' EXIT
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
-  echo "== Go benchmarks (decision hot path, answer building, coalesced miss, signing, header mutation, 10k-network snapshot, memory per cached VM)"
+  echo "== Go benchmarks (decision hot path, answer building, coalesced miss, signing, header mutation, 10k-network snapshot, cmd/xds poll of a fleet and xDS response, memory per cached VM)"
   $GO test -run '^$' -benchmem -benchtime "${BENCH_TIME:-1s}" -count 1 \
-    -bench 'BenchmarkDecideHit|BenchmarkResponse|BenchmarkLookupHit|BenchmarkLookupMissCoalesced|BenchmarkSign|BenchmarkHeaderMutation|BenchmarkSnapshot10kNetworks' \
+    -bench 'BenchmarkDecideHit|BenchmarkResponse|BenchmarkLookupHit|BenchmarkLookupMissCoalesced|BenchmarkSign|BenchmarkHeaderMutation|BenchmarkSnapshot10kNetworks|BenchmarkApply|BenchmarkXDSResponse' \
     ./pkg/decide ./pkg/answercache ./pkg/sign ./pkg/xds/serve ./e2e/internal/load | tee "$OUT/go-bench.txt"
   $GO test -run '^$' -benchtime 1x -count 1 -bench 'BenchmarkMemoryPerCachedVM' ./pkg/decide | tee -a "$OUT/go-bench.txt"
 fi
