@@ -2,9 +2,7 @@ package translate
 
 import (
 	"fmt"
-	"runtime"
 	"sort"
-	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -99,30 +97,16 @@ func (sh *Shared) Routes() []*routev3.RouteConfiguration {
 // listeners, so no route either): Envoy drops the old listeners, keeps its clusters warm, and the
 // snapshot stays consistent.
 //
-// Node translates every network each time; package serve calls Listeners once per distinct
-// network instead and keeps the result.
+// Node translates every network each time, one after the other; package serve calls Listeners
+// once per distinct network instead, on all CPUs, and keeps the result.
 func (sh *Shared) Node(nets []source.Network) (Resources, error) {
 	res := Resources{Clusters: sh.clusters}
-	perNet := make([][]*listenerv3.Listener, len(nets))
-	errs := make([]error, len(nets))
-	// Networks are independent: translate them on all CPUs (10k networks must take well under 1 s).
-	workers := min(runtime.GOMAXPROCS(0), max(1, len(nets)/64))
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(nets); i += workers {
-				perNet[i], errs[i] = sh.Listeners(nets[i])
-			}
-		}()
-	}
-	wg.Wait()
-	for i, n := range nets {
-		if errs[i] != nil {
-			return Resources{}, fmt.Errorf("%s %s: %w", n.Kind, n.ID, errs[i])
+	for _, n := range nets {
+		ls, err := sh.Listeners(n)
+		if err != nil {
+			return Resources{}, fmt.Errorf("%s %s: %w", n.Kind, n.ID, err)
 		}
-		res.Listeners = append(res.Listeners, perNet[i]...)
+		res.Listeners = append(res.Listeners, ls...)
 	}
 	if len(res.Listeners) > 0 {
 		res.Routes = sh.Routes()

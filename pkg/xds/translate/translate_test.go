@@ -86,17 +86,24 @@ var goldenCases = map[string]struct {
 	},
 }
 
+// sharedFor returns the Shared of a golden case's settings.
+func sharedFor(t *testing.T, settings func(*Settings)) *Shared {
+	t.Helper()
+	s := DefaultSettings()
+	if settings != nil {
+		settings(&s)
+	}
+	sh, err := NewShared(s)
+	if err != nil {
+		t.Fatalf("NewShared: %v", err)
+	}
+	return sh
+}
+
 func TestGolden(t *testing.T) {
 	for name, tc := range goldenCases {
 		t.Run(name, func(t *testing.T) {
-			s := DefaultSettings()
-			if tc.settings != nil {
-				tc.settings(&s)
-			}
-			sh, err := NewShared(s)
-			if err != nil {
-				t.Fatalf("NewShared: %v", err)
-			}
+			sh := sharedFor(t, tc.settings)
 			res, err := sh.Node(tc.nets)
 			if err != nil {
 				t.Fatalf("Node: %v", err)
@@ -158,14 +165,7 @@ func TestNodeIsDeterministic(t *testing.T) {
 func TestListenersNameTheSharedRoutes(t *testing.T) {
 	for name, tc := range goldenCases {
 		t.Run(name, func(t *testing.T) {
-			s := DefaultSettings()
-			if tc.settings != nil {
-				tc.settings(&s)
-			}
-			sh, err := NewShared(s)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sh := sharedFor(t, tc.settings)
 			want := map[string]bool{}
 			for _, r := range sh.Routes() {
 				want[r.GetName()] = true
