@@ -97,10 +97,10 @@ func BenchmarkApply(b *testing.B) {
 	}
 }
 
-// BenchmarkResponse measures what go-control-plane's snapshot cache costs to answer one Envoy of
+// BenchmarkXDSResponse measures what go-control-plane's snapshot cache costs to answer one Envoy of
 // a node with 100 networks, state of the world and delta, from the request to the marshaled
 // response (what the xDS server then hands to gRPC).
-func BenchmarkResponse(b *testing.B) {
+func BenchmarkXDSResponse(b *testing.B) {
 	s := NewSnapshots(nil)
 	nodes := fleet(1, 100, false)
 	if err := s.Apply(context.Background(), newShared(b), nodes); err != nil {
