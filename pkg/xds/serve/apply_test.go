@@ -324,3 +324,49 @@ func TestFailedNodeKeepsItsSnapshot(t *testing.T) {
 		t.Error("n2 did not get netB")
 	}
 }
+
+// TestParallelBuildMatchesTranslate: networks built on several CPUs at once (they share the HTTP
+// connection manager's pieces; the race detector watches) give each node what translate gives it.
+func TestParallelBuildMatchesTranslate(t *testing.T) {
+	settings := translate.DefaultSettings()
+	settings.RateLimit.Enabled, settings.RateLimit.IPVersions = true, []int{4}
+	sh, err := translate.NewShared(settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := fleet(2, 64, false)
+	for _, nets := range nodes {
+		for i := range nets {
+			if i%2 == 0 {
+				nets[i].Interface = "tap0"
+			}
+		}
+	}
+	s := NewSnapshots(nil)
+	if err := s.Apply(context.Background(), sh, nodes); err != nil {
+		t.Fatal(err)
+	}
+	for node, nets := range nodes {
+		want, err := sh.Node(nets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := snapshotOf(t, s, node).GetResources(resource.ListenerType)
+		if len(got) != len(want.Listeners) {
+			t.Fatalf("%s: %d listeners, want %d", node, len(got), len(want.Listeners))
+		}
+		for _, l := range want.Listeners {
+			b, err := cache.MarshalResource(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, ok := got[l.GetName()]
+			if !ok {
+				t.Fatalf("%s: no %s", node, l.GetName())
+			}
+			if gb, _ := cache.MarshalResource(g); !slices.Equal(gb, b) {
+				t.Errorf("%s: %s differs from translate's", node, l.GetName())
+			}
+		}
+	}
+}
