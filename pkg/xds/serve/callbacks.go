@@ -42,12 +42,20 @@ type stream struct {
 	// sent are the nonces and versions of the last listener responses, to tell which snapshot an
 	// ACK or NACK is about (a delta ACK carries only the nonce).
 	sent []sentResponse
+	// types are the resource type URLs asked for on the stream (at most maxTypesPerStream).
+	types map[string]bool
 }
 
 type sentResponse struct{ nonce, version string }
 
 // maxSent bounds stream.sent: Envoy answers every response, so only the newest few can be pending.
 const maxSent = 16
+
+// maxTypesPerStream bounds the resource types one stream may ask for. go-control-plane keeps a
+// watch (with the request) per type URL until the stream ends, whatever the URL; Envoy asks for at
+// most the ten xDS types (LDS, RDS, CDS, EDS, SDS, ECDS, VHDS, SRDS, RTDS, LEDS), cmd/xds serves
+// three.
+const maxTypesPerStream = 16
 
 var _ serverv3.Callbacks = (*Callbacks)(nil)
 
@@ -158,6 +166,11 @@ func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version
 		st = &stream{}
 		c.streams[id] = st
 	}
+	if err := st.admit(node, typeURL); err != nil {
+		c.mu.Unlock()
+		c.log.Warn("xds stream refused", "stream", id, "mode", mode, "node", st.node, "error", err)
+		return err
+	}
 	first := st.node == "" && node.GetId() != ""
 	if first {
 		st.node = node.GetId()
@@ -213,6 +226,33 @@ func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version
 			detail = *errMsg
 		}
 		c.snaps.Verdict(nid, typeURL, sent, detail, errMsg != nil)
+	}
+	return nil
+}
+
+// admit checks a request against what its stream said before, before go-control-plane keeps
+// anything for it: the first request must name a node id and later ones may omit the node
+// (Envoy's set_node_on_first_message_only; in state of the world go-control-plane fills in the
+// stream's node) but not name another, and the stream may ask for at most maxTypesPerStream types.
+// go-control-plane follows a node change and opens a cache status for each id a stream names,
+// which only the stream's first node's end removes: without this, one stream could fill the cache
+// with made-up node ids (on a plain-text listener, or with --node-binding none, where no
+// NodeAuthorizer sees the requests).
+func (st *stream) admit(node *corev3.Node, typeURL string) error {
+	switch {
+	case st.node == "" && node.GetId() == "":
+		return status.Error(codes.InvalidArgument, "the first request of a stream names no node id")
+	case st.node != "" && node != nil && node.GetId() != st.node:
+		return status.Errorf(codes.InvalidArgument, "node id changed from %q to %q within the stream", st.node, node.GetId())
+	}
+	if !st.types[typeURL] {
+		if len(st.types) == maxTypesPerStream {
+			return status.Errorf(codes.ResourceExhausted, "more than %d resource types asked for on one stream", maxTypesPerStream)
+		}
+		if st.types == nil {
+			st.types = map[string]bool{}
+		}
+		st.types[typeURL] = true
 	}
 	return nil
 }

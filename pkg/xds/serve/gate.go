@@ -29,7 +29,7 @@ type nackGate struct {
 
 	mu       sync.Mutex
 	held     map[string]map[*heldWatch]struct{} // node -> watches waiting
-	failures map[string]map[string]int          // node -> type URL -> consecutive NACKs
+	failures map[string]map[string]int          // node -> type URL (typeLabel) -> consecutive NACKs
 }
 
 func newNACKGate(c cache.SnapshotCache, b Backoff, clock Clock, log *slog.Logger) *nackGate {
@@ -54,7 +54,9 @@ type heldWatch struct {
 
 // CreateWatch implements cache.ConfigWatcher.
 func (g *nackGate) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan cache.Response) (func(), error) {
-	node, typ := req.GetNode().GetId(), req.GetTypeUrl()
+	// Rejections are counted per type cmd/xds serves, all others together: a client may send any
+	// type URL, and the counters of a node the source knows live as long as the node.
+	node, typ := req.GetNode().GetId(), typeLabel(req.GetTypeUrl())
 	if req.GetErrorDetail() == nil {
 		if req.GetResponseNonce() != "" { // an ACK ends the rejections of this type
 			g.mu.Lock()
