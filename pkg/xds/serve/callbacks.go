@@ -300,12 +300,26 @@ func (c *Callbacks) OnStreamOpen(_ context.Context, id int64, typeURL string) er
 // OnStreamClosed implements sotw.Callbacks.
 func (c *Callbacks) OnStreamClosed(id int64, node *corev3.Node) { c.closed(id, node, "sotw") }
 
+// maxErrorDetail is the longest NACK error detail cmd/xds logs and parses. Envoy truncates its own
+// to 4096 bytes and appends "...(truncated)" (Config::Utility::truncateGrpcStatusMessage in
+// envoyproxy/envoy source/common/config/utility.cc, used by its sotw and delta muxes): anything
+// longer was not written by Envoy, and is cut so that a client cannot have its text logged and
+// parsed by the megabyte.
+const maxErrorDetail = 4096 + len("...(truncated)")
+
+// errorDetail returns a NACK's error detail m, bounded.
+func errorDetail(m string) *string {
+	if len(m) > maxErrorDetail {
+		m = m[:maxErrorDetail] + "...(truncated by cmd/xds)"
+	}
+	return &m
+}
+
 // OnStreamRequest implements sotw.Callbacks.
 func (c *Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	var errMsg *string
 	if d := req.GetErrorDetail(); d != nil {
-		m := d.GetMessage()
-		errMsg = &m
+		errMsg = errorDetail(d.GetMessage())
 	}
 	return c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), errMsg, "sotw")
 }
@@ -329,8 +343,7 @@ func (c *Callbacks) OnDeltaStreamClosed(id int64, node *corev3.Node) { c.closed(
 func (c *Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	var errMsg *string
 	if d := req.GetErrorDetail(); d != nil {
-		m := d.GetMessage()
-		errMsg = &m
+		errMsg = errorDetail(d.GetMessage())
 	}
 	return c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", errMsg, "delta")
 }

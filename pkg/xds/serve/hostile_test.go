@@ -173,3 +173,27 @@ func TestResourceTypesPerStreamAreBounded(t *testing.T) {
 		t.Errorf("%d back-off counters for node n1 after NACKs of invented types, want at most one per served type", counters)
 	}
 }
+
+// TestNACKDetailIsBounded: a NACK's error detail is the client's text; Envoy truncates its own to
+// 4096 bytes (Config::Utility::truncateGrpcStatusMessage), so cmd/xds never logs or parses more
+// than that. A 1 MiB detail naming 50,000 listeners the node does not have costs a few log lines.
+func TestNACKDetailIsBounded(t *testing.T) {
+	h := start(t, source.Nodes{"n1": nets(netA)})
+	c := connectAndAck(t, h, &corev3.Node{Id: "n1"}, resource.ListenerType)
+	var b strings.Builder
+	b.WriteString("Error adding/updating listener(s) ")
+	for i := 0; b.Len() < 1<<20; i++ {
+		fmt.Fprintf(&b, "invented-%d: no\n", i)
+	}
+	before := len(h.logs.String())
+	nacks := h.cb.Stats().NACKs
+	if err := c.Nack(b.String()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the NACK", func() bool { return h.cb.Stats().NACKs > nacks })
+	// The verdict is handled once the rejection is held (the gate's watch follows the callback).
+	eventually(t, "the rejection held", func() bool { held, _ := h.snaps.cache.state(); return held == 1 })
+	if grown := len(h.logs.String()) - before; grown > 64<<10 {
+		t.Errorf("one NACK of %d bytes wrote %d bytes of log, want at most 64 KiB", b.Len(), grown)
+	}
+}
