@@ -229,6 +229,12 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 	if err != nil {
 		return fmt.Errorf("listen for xds: %w", err)
 	}
+	if tlsSrv == nil && !cfg.InsecurePlaintext {
+		if err := plaintextOnLoopback(lis); err != nil {
+			lis.Close()
+			return err
+		}
+	}
 	log.Info("starting xds", "source", cfg.SourceKind(), "poll_interval", cfg.PollInterval,
 		"nova", settings.Nova.Hosts, "nova_protocol", settings.Nova.Protocol, "extproc", settings.ExtProc.Address,
 		"rate_limit", settings.RateLimit.Enabled, "tracing", tracingState(tel))
@@ -313,6 +319,16 @@ func serverSecurity(cfg Config, tlsSrv *tlsfiles.Server, tel *telemetry.Telemetr
 	}
 	log.Info("xDS over mutual TLS", "client_ca", cfg.TLS.ClientCA, "node_binding", binding.String())
 	return opts, nil
+}
+
+// plaintextOnLoopback checks the address a plain-text xDS listener is bound to: Validate allows
+// "localhost" by its name, which /etc/hosts or DNS may resolve to an address other hosts reach.
+func plaintextOnLoopback(lis net.Listener) error {
+	a, ok := lis.Addr().(*net.TCPAddr)
+	if !ok || a.IP.IsLoopback() {
+		return nil // a UNIX socket, or loopback
+	}
+	return fmt.Errorf("the xDS listener is bound to %s, not a loopback address, and xDS in plain text is served only on loopback or a UNIX socket: give --tls-cert, --tls-key and --tls-client-ca, listen on 127.0.0.1 or unix:///PATH, or add --insecure-plaintext in a lab", a)
 }
 
 func tracingState(tel *telemetry.Telemetry) string {
