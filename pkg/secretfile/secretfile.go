@@ -2,12 +2,13 @@
 // those that users other than their owner may read, so that a secret is never used from a file
 // every local process could have copied.
 //
-// The rule, the one PostgreSQL applies to its key file: no permission bits for others at all; no
-// group bits either, unless the file is owned by root. A root-owned file readable by its group
-// (0440, 0640) is a group root chose to trust: Kubernetes gives Secret volumes exactly that
-// (owner root, group fsGroup) and Debian's root:ssl-cert 0640 keys look the same. Symbolic links
-// are followed (Kubernetes mounts every key as a link into ..data/), so the file judged is the one
-// that is read.
+// The rule, the one PostgreSQL applies to its key file (check_ssl_key_file_permissions in
+// postgres/postgres src/backend/libpq/be-secure-common.c): the owner is this process's user or
+// root; no permission bits for others at all; no group bits either, unless the file is owned by
+// root, and then only read. A root-owned file readable by its group (0440, 0640) is a group root
+// chose to trust: Kubernetes gives Secret volumes exactly that (owner root, group fsGroup) and
+// Debian's root:ssl-cert 0640 keys look the same. Symbolic links are followed (Kubernetes mounts
+// every key as a link into ..data/), so the file judged is the one that is read.
 package secretfile
 
 import (
@@ -19,7 +20,8 @@ import (
 	"syscall"
 )
 
-// ErrTooOpen marks a file whose mode lets others read it.
+// ErrTooOpen marks a file whose mode or owner lets other users read it (or, for its group,
+// change it).
 var ErrTooOpen = errors.New("readable by other users")
 
 // Check returns an error naming the mode to set when the file at path may be read by users other
@@ -37,15 +39,20 @@ func checkInfo(path string, fi fs.FileInfo) error {
 		return fmt.Errorf("%s is not a regular file", path)
 	}
 	perm := fi.Mode().Perm()
-	rootOwned := false
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		rootOwned = st.Uid == 0
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no owner information", path)
 	}
+	euid := uint32(os.Geteuid())
 	switch {
 	case perm&0o007 != 0:
 		return fmt.Errorf("%s has mode %04o, %w (others): chmod o-rwx %s (0600, or 0640 owned by root)", path, perm, ErrTooOpen, path)
-	case perm&0o070 != 0 && !rootOwned:
+	case perm&0o070 != 0 && st.Uid != 0:
 		return fmt.Errorf("%s has mode %04o, %w (its group) and is not owned by root: chmod 0600 %s, or chown root and keep the group", path, perm, ErrTooOpen, path)
+	case st.Uid != 0 && st.Uid != euid:
+		return fmt.Errorf("%s is owned by uid %d, %w (its owner is neither this process's user, uid %d, nor root): chown root or the service's user", path, st.Uid, ErrTooOpen, euid)
+	case st.Uid == 0 && perm&0o030 != 0:
+		return fmt.Errorf("%s has mode %04o, %w (its group may change it): chmod 0640 %s", path, perm, ErrTooOpen, path)
 	}
 	return nil
 }

@@ -26,6 +26,10 @@ func TestReadRefusesFilesOthersCanRead(t *testing.T) {
 		"0604":                 {f: file{0o604, -1, -1}, want: "chmod o-rwx"},
 		"0640 owned by a user": {f: file{0o640, 65534, 65534}, want: "not owned by root"},
 		"0620 owned by a user": {f: file{0o620, 65534, 65534}, want: "not owned by root"},
+		// The owner reads it too: another unprivileged user may not own a secret this process
+		// reads (only this process's user or root), and root's group may read, not write.
+		"0600 owned by another user": {f: file{0o600, 65534, 65534}, want: "owned by uid 65534"},
+		"0660 root-owned":            {f: file{0o660, 0, 65534}, want: "chmod 0640"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
