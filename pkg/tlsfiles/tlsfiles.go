@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -180,6 +181,14 @@ func NewServer(f Files, o Options) (*Server, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	// A SAN's IP address is compared in its canonical text form (net.IP.String, which is how SANs
+	// prints it), so an allowed address may be written in any form netip parses.
+	o.AllowedSANs = slices.Clone(o.AllowedSANs)
+	for i, san := range o.AllowedSANs {
+		if a, err := netip.ParseAddr(san); err == nil {
+			o.AllowedSANs[i] = a.Unmap().String()
+		}
 	}
 	s := &Server{files: f, o: o, now: time.Now}
 	m, err := load(f, o.Flags, s.now())

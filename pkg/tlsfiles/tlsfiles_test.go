@@ -104,13 +104,14 @@ func client(t *testing.T, trust *tlstest.CA, cert *tlstest.Issued) *tls.Config {
 func TestMutualTLSRefusesWhatItMust(t *testing.T) {
 	p := newPKI(t, "lab CA")
 	other := tlstest.NewCA(t, "another CA")
-	s, err := tlsfiles.NewServer(p.files, tlsfiles.Options{AllowedSANs: []string{"envoy.node-1", "spiffe://lab/metaproxy/node/node-2"}})
+	s, err := tlsfiles.NewServer(p.files, tlsfiles.Options{AllowedSANs: []string{"envoy.node-1", "spiffe://lab/metaproxy/node/node-2", "2001:DB8:0::7"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr, rejected := serve(t, s)
 	good := p.ca.Issue(t, tlstest.Leaf{DNS: []string{"envoy.node-1"}, Client: true})
 	byURI := p.ca.Issue(t, tlstest.Leaf{URIs: []string{"spiffe://lab/metaproxy/node/node-2"}, Client: true})
+	byIP := p.ca.Issue(t, tlstest.Leaf{IPs: []string{"2001:db8::7"}, Client: true}) // allowed as 2001:DB8:0::7
 	foreign := other.Issue(t, tlstest.Leaf{DNS: []string{"envoy.node-1"}, Client: true})
 	wrongSAN := p.ca.Issue(t, tlstest.Leaf{DNS: []string{"somebody-else"}, Client: true})
 	expired := p.ca.Issue(t, tlstest.Leaf{DNS: []string{"envoy.node-1"}, Client: true, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
@@ -121,6 +122,7 @@ func TestMutualTLSRefusesWhatItMust(t *testing.T) {
 	}{
 		"allowed DNS SAN":           {cfg: client(t, p.ca, &good)},
 		"allowed URI SAN":           {cfg: client(t, p.ca, &byURI)},
+		"allowed IP SAN":            {cfg: client(t, p.ca, &byIP)},
 		"no client certificate":     {cfg: client(t, p.ca, nil), want: "client didn't provide a certificate"},
 		"certificate of another CA": {cfg: client(t, p.ca, &foreign), want: "unknown authority"},
 		"SAN not allowed":           {cfg: client(t, p.ca, &wrongSAN), want: "none of the allowed subject alternative names"},
