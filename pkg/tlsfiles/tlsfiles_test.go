@@ -252,3 +252,55 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRotationThroughKubernetesDataLink rotates the files the way the kubelet updates a Secret
+// volume (AtomicWriter): every file is a link through ..data to a timestamped directory, and a
+// rotation writes a new directory and renames a new ..data link over the old one. The next
+// handshake uses the new set, although no path the server was given changed.
+func TestRotationThroughKubernetesDataLink(t *testing.T) {
+	vol := t.TempDir()
+	generation := func(name string, ca *tlstest.CA) {
+		t.Helper()
+		dir := filepath.Join(vol, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		ca.Issue(t, tlstest.Leaf{DNS: []string{"server.test"}, Server: true}).Write(t, dir, "tls")
+		ca.WritePEM(t, filepath.Join(dir, "ca.crt"))
+		tmp := filepath.Join(vol, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(vol, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca1, ca2 := tlstest.NewCA(t, "CA 1"), tlstest.NewCA(t, "CA 2")
+	generation("..2026_01_01", ca1)
+	var files tlsfiles.Files
+	for _, f := range []struct {
+		p    *string
+		name string
+	}{{&files.Cert, "tls.crt"}, {&files.Key, "tls.key"}, {&files.ClientCA, "ca.crt"}} {
+		*f.p = filepath.Join(vol, f.name)
+		if err := os.Symlink(filepath.Join("..data", f.name), *f.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := tlsfiles.NewServer(files, tlsfiles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := serve(t, s)
+	c1, c2 := ca1.Issue(t, tlstest.Leaf{DNS: []string{"envoy"}, Client: true}), ca2.Issue(t, tlstest.Leaf{DNS: []string{"envoy"}, Client: true})
+	if err := check(addr, client(t, ca1, &c1)); err != nil {
+		t.Fatalf("before the swap: %v", err)
+	}
+	generation("..2026_02_01", ca2)
+	if err := check(addr, client(t, ca2, &c2)); err != nil {
+		t.Fatalf("after the ..data swap, a client of the new CA: %v", err)
+	}
+	if err := check(addr, client(t, ca1, &c1)); err == nil {
+		t.Fatal("after the ..data swap, a client of the old CA still got in")
+	}
+}
