@@ -30,9 +30,17 @@ type Callbacks struct {
 	acks, nacks, requests, responses, tooOld atomic.Int64
 
 	mu      sync.Mutex
-	streams map[int64]*stream
+	streams map[streamID]*stream
 	// ackByType and nackByType count ACKs and NACKs per resource type URL (typeLabel).
 	ackByType, nackByType map[string]int64
+}
+
+// streamID names a stream: go-control-plane numbers state-of-the-world and delta streams with
+// separate counters (pkg/server/sotw/v3/xds.go, pkg/server/delta/v3/server.go), so a fleet that
+// mixes both has two streams of each number.
+type streamID struct {
+	mode string // "sotw" or "delta"
+	id   int64
 }
 
 // stream is what Callbacks keep of an open stream.
@@ -86,7 +94,7 @@ func NewCallbacks(log *slog.Logger, snaps *Snapshots) *Callbacks {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Callbacks{log: log, snaps: snaps, streams: map[int64]*stream{}, ackByType: map[string]int64{}, nackByType: map[string]int64{}}
+	return &Callbacks{log: log, snaps: snaps, streams: map[streamID]*stream{}, ackByType: map[string]int64{}, nackByType: map[string]int64{}}
 }
 
 // Stats returns the current counters.
@@ -119,23 +127,23 @@ func typeLabel(typeURL string) string {
 	return "other"
 }
 
-func (c *Callbacks) open(id int64, typeURL, mode string) error {
+func (c *Callbacks) open(sid streamID, typeURL string) error {
 	c.mu.Lock()
-	c.streams[id] = &stream{}
+	c.streams[sid] = &stream{}
 	c.mu.Unlock()
-	c.log.Debug("xds stream opened", "stream", id, "mode", mode, "type", typeURL)
+	c.log.Debug("xds stream opened", "stream", sid.id, "mode", sid.mode, "type", typeURL)
 	return nil
 }
 
-func (c *Callbacks) closed(id int64, node *corev3.Node, mode string) {
+func (c *Callbacks) closed(sid streamID, node *corev3.Node) {
 	c.mu.Lock()
-	st := c.streams[id]
-	delete(c.streams, id)
+	st := c.streams[sid]
+	delete(c.streams, sid)
 	c.mu.Unlock()
 	if st != nil && st.opened {
 		c.snaps.StreamClosed(st.node)
 	}
-	c.log.Info("xds stream closed", "stream", id, "mode", mode, "node", node.GetId())
+	c.log.Info("xds stream closed", "stream", sid.id, "mode", sid.mode, "node", node.GetId())
 }
 
 // tooOld returns why node's Envoy cannot be configured, or nil. A client that reports no build
@@ -158,13 +166,14 @@ func tooOld(node *corev3.Node) error {
 // request records a request: the first one with a node names the stream (and is refused for an
 // Envoy older than MinEnvoyVersion); one carrying error_detail is a NACK, one carrying a response
 // nonce without error an ACK.
-func (c *Callbacks) request(id int64, node *corev3.Node, typeURL, nonce, version string, errMsg *string, mode string) error {
+func (c *Callbacks) request(sid streamID, node *corev3.Node, typeURL, nonce, version string, errMsg *string) error {
+	id, mode := sid.id, sid.mode
 	c.requests.Add(1)
 	c.mu.Lock()
-	st := c.streams[id]
+	st := c.streams[sid]
 	if st == nil { // a request before OnStreamOpen cannot happen; be safe
 		st = &stream{}
-		c.streams[id] = st
+		c.streams[sid] = st
 	}
 	if err := st.admit(node, typeURL); err != nil {
 		c.mu.Unlock()
@@ -267,13 +276,13 @@ func buildVersion(node *corev3.Node) string {
 }
 
 // sentLDS records a listener response.
-func (c *Callbacks) sentLDS(id int64, typeURL, nonce, version string) {
+func (c *Callbacks) sentLDS(sid streamID, typeURL, nonce, version string) {
 	if typeURL != resource.ListenerType {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st := c.streams[id]; st != nil {
+	if st := c.streams[sid]; st != nil {
 		if len(st.sent) == maxSent {
 			st.sent = slices.Delete(st.sent, 0, 1)
 		}
@@ -294,11 +303,11 @@ func (st *stream) take(nonce string) string {
 
 // OnStreamOpen implements sotw.Callbacks.
 func (c *Callbacks) OnStreamOpen(_ context.Context, id int64, typeURL string) error {
-	return c.open(id, typeURL, "sotw")
+	return c.open(streamID{"sotw", id}, typeURL)
 }
 
 // OnStreamClosed implements sotw.Callbacks.
-func (c *Callbacks) OnStreamClosed(id int64, node *corev3.Node) { c.closed(id, node, "sotw") }
+func (c *Callbacks) OnStreamClosed(id int64, node *corev3.Node) { c.closed(streamID{"sotw", id}, node) }
 
 // maxErrorDetail is the longest NACK error detail cmd/xds logs and parses. Envoy truncates its own
 // to 4096 bytes and appends "...(truncated)" (Config::Utility::truncateGrpcStatusMessage in
@@ -321,23 +330,25 @@ func (c *Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	if d := req.GetErrorDetail(); d != nil {
 		errMsg = errorDetail(d.GetMessage())
 	}
-	return c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), errMsg, "sotw")
+	return c.request(streamID{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), errMsg)
 }
 
 // OnStreamResponse implements sotw.Callbacks.
 func (c *Callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 	c.responses.Add(1)
-	c.sentLDS(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+	c.sentLDS(streamID{"sotw", id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 	c.log.Debug("xds response sent", "stream", id, "type", resp.GetTypeUrl(), "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
 }
 
 // OnDeltaStreamOpen implements delta.Callbacks.
 func (c *Callbacks) OnDeltaStreamOpen(_ context.Context, id int64, typeURL string) error {
-	return c.open(id, typeURL, "delta")
+	return c.open(streamID{"delta", id}, typeURL)
 }
 
 // OnDeltaStreamClosed implements delta.Callbacks.
-func (c *Callbacks) OnDeltaStreamClosed(id int64, node *corev3.Node) { c.closed(id, node, "delta") }
+func (c *Callbacks) OnDeltaStreamClosed(id int64, node *corev3.Node) {
+	c.closed(streamID{"delta", id}, node)
+}
 
 // OnStreamDeltaRequest implements delta.Callbacks.
 func (c *Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
@@ -345,13 +356,13 @@ func (c *Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 	if d := req.GetErrorDetail(); d != nil {
 		errMsg = errorDetail(d.GetMessage())
 	}
-	return c.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", errMsg, "delta")
+	return c.request(streamID{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", errMsg)
 }
 
 // OnStreamDeltaResponse implements delta.Callbacks.
 func (c *Callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 	c.responses.Add(1)
-	c.sentLDS(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+	c.sentLDS(streamID{"delta", id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 	c.log.Debug("xds delta response sent", "stream", id, "type", resp.GetTypeUrl(),
 		"resources", len(resp.GetResources()), "removed", len(resp.GetRemovedResources()))
 }
