@@ -382,6 +382,16 @@ func (s *Snapshots) Verdict(node, typeURL, version, detail string, nack bool) {
 	if ns == nil {
 		return
 	}
+	if nack && rejected != nil && strings.HasSuffix(detail, "(truncated)") {
+		// Envoy cuts its error detail at 4096 bytes (Config::Utility::truncateGrpcStatusMessage):
+		// the listeners it names are only the first it rejected, so every other listener of the
+		// node counts as rejected too. Delta would never send the unnamed ones again otherwise.
+		for _, l := range ns.listeners {
+			if _, ok := rejected[l.name]; !ok {
+				rejected[l.name] = "not named in Envoy's truncated error detail"
+			}
+		}
+	}
 	seq := ns.seqOf(version)
 	for name, r := range ns.retries {
 		msg, named := rejected[name]
