@@ -692,7 +692,12 @@ func TestStandInFeatures(t *testing.T) {
 		missing.Address.GetSocketAddress().NetworkNamespaceFilepath = "/var/run/netns/" + ns
 		before := h.nacks.Load()
 		h.push(h.clusters(h.novaAddr), h.listener("net-a", "net-a"), missing)
-		waitFor(t, "NACK", func() bool { return h.nacks.Load() > before })
+		// Wait for net-m's own NACK: the previous subtest's listener may be NACKed once more
+		// (its bad filter is in every push until this one replaces it).
+		waitFor(t, "NACK naming net-m", func() bool {
+			got, _ := h.lastNACK.Load().(string)
+			return h.nacks.Load() > before && strings.Contains(got, "net-m")
+		})
 		if got, _ := h.lastNACK.Load().(string); !strings.HasPrefix(got, "Error adding/updating listener(s) net-m: ") || !strings.HasSuffix(got, "\n") {
 			t.Errorf("NACK detail %q, want Envoy's LDS form naming net-m", got)
 		}
