@@ -35,6 +35,9 @@ type hcmShared struct {
 	protocolOptions            *corev3.HttpProtocolOptions
 	// tracing is Envoy's OpenTelemetry tracing (nil: off), see EnvoyTracing.
 	tracing *hcmv3.HttpConnectionManager_Tracing
+	// earlyHeaderMutations remove the trace context a VM sends before anything reads it (every
+	// listener, tracing on or off), see earlyHeaderMutations.
+	earlyHeaderMutations []*corev3.TypedExtensionConfig
 	// rateLimit is the local rate limit filter per IP version (absent: no rate limit), router the
 	// router filter.
 	rateLimit map[ipVersion]*hcmv3.HttpFilter
@@ -43,6 +46,10 @@ type hcmShared struct {
 
 func newHCMShared(t Timeouts, rateLimit map[ipVersion]*anypb.Any, tracing *hcmv3.HttpConnectionManager_Tracing) (*hcmShared, error) {
 	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	early, err := earlyHeaderMutations()
 	if err != nil {
 		return nil, err
 	}
@@ -61,6 +68,8 @@ func newHCMShared(t Timeouts, rateLimit map[ipVersion]*anypb.Any, tracing *hcmv3
 		tracing:          tracing,
 		rateLimit:        map[ipVersion]*hcmv3.HttpFilter{},
 		router:           httpFilter(wellknown.Router, router),
+
+		earlyHeaderMutations: early,
 	}
 	for v, f := range rateLimit {
 		b.rateLimit[v] = httpFilter(localRateLimitFilterName, f)
@@ -68,10 +77,11 @@ func newHCMShared(t Timeouts, rateLimit map[ipVersion]*anypb.Any, tracing *hcmv3
 	return b, nil
 }
 
-// httpConnectionManager builds and packs the HCM of one listener of IP version v: [local rate
-// limit], ext_proc, router. The HCM of a network is the same for its IPv4 and IPv6 listeners
-// (same stat_prefix, the listeners' own stat_prefix tells them apart) unless the rate limit differs
-// per IP version (sameForVersions).
+// httpConnectionManager builds and packs the HCM of one listener of IP version v: the early header
+// mutation that drops VM-sent trace context, then the filters [local rate limit], ext_proc,
+// router. The HCM of a network is the same for its IPv4 and IPv6 listeners (same stat_prefix, the
+// listeners' own stat_prefix tells them apart) unless the rate limit differs per IP version
+// (sameForVersions).
 func (b *hcmShared) httpConnectionManager(statPrefix string, v ipVersion, extProc *anypb.Any) (*anypb.Any, error) {
 	var filters []*hcmv3.HttpFilter
 	if rl := b.rateLimit[v]; rl != nil {
@@ -90,6 +100,9 @@ func (b *hcmShared) httpConnectionManager(statPrefix string, v ipVersion, extPro
 		StreamIdleTimeout:         b.streamIdle,
 		CommonHttpProtocolOptions: b.protocolOptions,
 		Tracing:                   b.tracing,
+
+		// Run before routing, tracing and the filters.
+		EarlyHeaderMutationExtensions: b.earlyHeaderMutations,
 	})
 }
 
