@@ -61,6 +61,8 @@ type Config struct {
 	serverPassThrough         bool
 	stripPort                 bool
 	filters                   []namedFilter
+	// early are the early_header_mutation_extensions, applied before anything else.
+	early []earlyMutation
 }
 
 type namedFilter struct {
@@ -122,8 +124,17 @@ func Parse(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	if d := m.GetCommonHttpProtocolOptions().GetIdleTimeout(); d != nil {
 		c.IdleTimeout = d.AsDuration()
 	}
-	if len(m.GetUpgradeConfigs()) > 0 || m.GetScopedRoutes() != nil || len(m.GetOriginalIpDetectionExtensions()) > 0 || len(m.GetEarlyHeaderMutationExtensions()) > 0 {
-		return nil, errors.New("upgrade_configs, scoped_routes and IP detection / early header mutation extensions are not supported by the stand-in")
+	if len(m.GetUpgradeConfigs()) > 0 || m.GetScopedRoutes() != nil || len(m.GetOriginalIpDetectionExtensions()) > 0 {
+		return nil, errors.New("upgrade_configs, scoped_routes and IP detection extensions are not supported by the stand-in")
+	}
+	// Every request is external (and, with use_remote_address, an edge request): Envoy 1.33+ deems
+	// no address internal without internal_address_config.
+	if ia := m.GetInternalAddressConfig(); ia != nil && (ia.GetUnixSockets() || len(ia.GetCidrRanges()) > 0) {
+		return nil, errors.New("internal_address_config is not supported by the stand-in (every request is external)")
+	}
+	var err error
+	if c.early, err = parseEarlyMutations(m.GetEarlyHeaderMutationExtensions()); err != nil {
+		return nil, err
 	}
 	switch rs := m.GetRouteSpecifier().(type) {
 	case *hcmv3.HttpConnectionManager_RouteConfig:

@@ -2,6 +2,7 @@ package hcm
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -208,6 +209,37 @@ func TestRemoteAddress(t *testing.T) {
 			}
 			if got, _ := s.Headers.Get("x-forwarded-for"); got != tc.wantXFF {
 				t.Errorf("x-forwarded-for = %q, want %q", got, tc.wantXFF)
+			}
+		})
+	}
+}
+
+// TestExternalRequestHeaders: every request is external, so Envoy's control headers a client sent
+// are removed (ConnectionManagerUtility::cleanInternalHeaders), with use_remote_address those naming
+// the downstream too, and an edge request carries x-envoy-external-address.
+func TestExternalRequestHeaders(t *testing.T) {
+	peer := netip.MustParseAddrPort("10.0.0.5:4000")
+	sent := Headers{{"x-envoy-force-trace", "1"}, {"x-envoy-retry-on", "5xx"}, {"x-envoy-internal", "true"},
+		{"x-envoy-decorator-operation", "vm"}, {"x-envoy-external-address", "6.6.6.6"}, {"x-envoy-foo", "kept"}}
+	for name, tc := range map[string]struct {
+		useRemote bool
+		want      Headers
+	}{
+		"edge request": {true, Headers{{"x-envoy-external-address", "10.0.0.5"}, {"x-envoy-foo", "kept"}}},
+		"external, not edge": {false, Headers{{"x-envoy-decorator-operation", "vm"}, {"x-envoy-external-address", "6.6.6.6"},
+			{"x-envoy-foo", "kept"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := &Stream{cfg: &Config{useRemoteAddress: tc.useRemote}, Scheme: "http", DirectRemote: peer, Remote: peer, Headers: append(Headers{}, sent...)}
+			s.mutateRequestHeaders()
+			var got Headers
+			for _, h := range s.Headers {
+				if strings.HasPrefix(h.Key, "x-envoy-") {
+					got = append(got, h)
+				}
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("x-envoy-* headers (-want +got):\n%s", diff)
 			}
 		})
 	}

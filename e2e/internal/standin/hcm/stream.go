@@ -143,11 +143,15 @@ func unmapZone(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())
 }
 
-// mutateRequestHeaders does what Envoy's ConnectionManagerUtility::mutateRequestHeaders does for
-// the options the stand-in implements: the trusted remote address, x-forwarded-for,
-// x-forwarded-proto and x-request-id.
+// mutateRequestHeaders does what Envoy's ConnectionManagerUtility::mutateRequestHeaders
+// (source/common/http/conn_manager_utility.cc) does for the options the stand-in implements: the
+// early header mutations first, then the trusted remote address, x-forwarded-for,
+// x-forwarded-proto, the internal headers of an external request and x-request-id.
 func (s *Stream) mutateRequestHeaders() {
-	for _, h := range []string{"connection", "keep-alive", "proxy-connection", "upgrade"} {
+	for _, m := range s.cfg.early {
+		m.mutate(s)
+	}
+	for _, h := range []string{"connection", "keep-alive", "proxy-connection", "upgrade", "x-envoy-internal"} {
 		s.Headers.Del(h)
 	}
 	xff := s.Headers.Values("x-forwarded-for")
@@ -171,10 +175,33 @@ func (s *Stream) mutateRequestHeaders() {
 			s.Headers.Set("x-forwarded-proto", s.Scheme)
 		}
 	}
+	s.cleanInternalHeaders()
+	if s.cfg.useRemoteAddress {
+		// An edge request: Envoy names the client for the hosts behind it.
+		s.Headers.Set("x-envoy-external-address", s.Remote.Addr().String())
+	}
 	if s.cfg.generateRequestID {
 		if !s.Headers.Has("x-request-id") || (s.cfg.useRemoteAddress && !s.cfg.preserveExternalRequestID) {
 			s.Headers.Set("x-request-id", newUUID())
 		}
+	}
+}
+
+// cleanInternalHeaders is ConnectionManagerUtility::cleanInternalHeaders for an external request
+// (every request the stand-in serves is one, see Parse): the Envoy control headers a client must
+// not set, and for an edge request (use_remote_address) those naming the downstream too.
+func (s *Stream) cleanInternalHeaders() {
+	if s.cfg.useRemoteAddress {
+		for _, h := range []string{"x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+			"x-envoy-downstream-service-node", "x-envoy-original-path"} {
+			s.Headers.Del(h)
+		}
+	}
+	for _, h := range []string{"x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-retry-on",
+		"x-envoy-retry-grpc-on", "x-envoy-max-retries", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
+		"x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
+		"x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url", "x-envoy-hedge-on-per-try-timeout"} {
+		s.Headers.Del(h)
 	}
 }
 
