@@ -325,6 +325,9 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	if spec.hcm, err = hcm.Parse(&m); err != nil {
 		return nil, fmt.Errorf("http connection manager: %w", err)
 	}
+	if spec.hcm.Traces() && l.GetTrafficDirection() == corev3.TrafficDirection_OUTBOUND {
+		return nil, errors.New("http connection manager: tracing on an OUTBOUND listener (egress spans) is not implemented by the stand-in")
+	}
 	return spec, nil
 }
 

@@ -63,6 +63,8 @@ type Config struct {
 	filters                   []namedFilter
 	// early are the early_header_mutation_extensions, applied before anything else.
 	early []earlyMutation
+	// tracing is the HCM's tracing (nil: off).
+	tracing *tracingConfig
 }
 
 type namedFilter struct {
@@ -136,6 +138,14 @@ func Parse(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	if c.early, err = parseEarlyMutations(m.GetEarlyHeaderMutationExtensions()); err != nil {
 		return nil, err
 	}
+	if c.tracing, err = parseTracing(m.GetTracing()); err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	if c.tracing != nil {
+		if err := unsupportedWithTracing(m); err != nil {
+			return nil, err
+		}
+	}
 	switch rs := m.GetRouteSpecifier().(type) {
 	case *hcmv3.HttpConnectionManager_RouteConfig:
 		t, err := ParseRouteTable(rs.RouteConfig)
@@ -181,6 +191,10 @@ func Parse(m *hcmv3.HttpConnectionManager) (*Config, error) {
 	return c, nil
 }
 
+// Traces reports whether the HCM has tracing configured. The stand-in traces as an ingress
+// listener does (traffic_direction INBOUND or unspecified).
+func (c *Config) Traces() bool { return c.tracing != nil }
+
 var errUnknownFilter = errors.New("unknown http filter")
 
 func parseFilter(name string, tc *anypb.Any) (httpFilter, error) {
@@ -220,11 +234,13 @@ func (c *Config) serve(env *Env, w http.ResponseWriter, r *http.Request) {
 	s := newStream(c, env, w, r)
 	s.log = env.Log.With("method", s.Method, "path", s.Path, "remote", s.DirectRemote.String())
 	s.mutateRequestHeaders()
+	s.startTrace()
 	ctx := r.Context()
 	defer func() {
 		for _, f := range s.cleanups {
 			f()
 		}
+		s.finishTrace()
 	}()
 	for _, nf := range c.filters {
 		pr := s.Route().perFilterConfig(nf.name)

@@ -241,11 +241,21 @@ func (f *extProc) decodeHeaders(ctx context.Context, s *Stream, perRoute any) bo
 			cancel()
 		}
 	}()
-	if len(cfg.initialMetadata) > 0 {
-		md := metadata.MD{}
-		for _, kv := range cfg.initialMetadata {
-			md.Append(kv[0], kv[1])
-		}
+	// Envoy's gRPC client gives the stream a child of the request's span and writes its context
+	// into the stream's metadata after initial_metadata (Grpc::AsyncStreamImpl).
+	child := s.span.child(extProcSpanName)
+	if child != nil {
+		child.tag("upstream_cluster", cfg.cluster)
+		child.tag("upstream_address", cfg.cluster)
+		child.tag("component", "proxy")
+		s.cleanups = append(s.cleanups, func() { child.finish(s.env) })
+	}
+	md := metadata.MD{}
+	for _, kv := range cfg.initialMetadata {
+		md.Append(kv[0], kv[1])
+	}
+	child.grpcMetadata(md)
+	if len(md) > 0 {
 		sctx = metadata.NewOutgoingContext(sctx, md)
 	}
 	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(sctx)

@@ -131,6 +131,9 @@ func parseRoute(r *routev3.Route) (*Route, error) {
 		len(m.GetDynamicMetadata()) > 0 || m.GetRuntimeFraction() != nil || len(m.GetCookies()) > 0 || m.GetFilterState() != nil {
 		return nil, errors.New("only path matching is supported by the stand-in (no headers, query, grpc, tls, metadata, runtime matchers)")
 	}
+	if r.GetDecorator() != nil || r.GetTracing() != nil {
+		return nil, errors.New("route decorator and tracing are not supported by the stand-in")
+	}
 	var err error
 	if rt.headerOps, err = parseHeaderOps(r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove(), r.GetResponseHeadersToAdd(), r.GetResponseHeadersToRemove()); err != nil {
 		return nil, err

@@ -106,6 +106,11 @@ func (rt *router) decodeHeaders(ctx context.Context, s *Stream, _ any) bool {
 		}
 		req.Header[http.CanonicalHeaderKey(h.Key)] = append(req.Header[http.CanonicalHeaderKey(h.Key)], h.Value)
 	}
+	// The router writes the request span's context into the upstream request (replacing what
+	// the downstream sent), unless no_context_propagation.
+	if t := s.cfg.tracing; t != nil && !t.noContextPropagation {
+		s.span.injectTraceContext(func(k, v string) { req.Header[http.CanonicalHeaderKey(k)] = []string{v} })
+	}
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = nil // Go must not add its own.
 	}
@@ -170,6 +175,7 @@ func (rt *router) decodeHeaders(ctx context.Context, s *Stream, _ any) bool {
 	if resp.ContentLength >= 0 {
 		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
+	s.status = resp.StatusCode
 	s.w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(flushWriter{s.w}, resp.Body); err != nil {
 		s.log.Debug("upstream response body interrupted", "cluster", route.Cluster, "error", err)

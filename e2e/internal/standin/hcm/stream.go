@@ -40,6 +40,10 @@ type Stream struct {
 	cleanups      []func()
 	route         *Route
 	routeResolved bool
+	// status is the response status sent downstream (0 until then); span is the request's tracing
+	// span (nil without one).
+	status int
+	span   *span
 }
 
 // header returns a request header, including pseudo-headers.
@@ -83,6 +87,7 @@ func (s *Stream) sendLocalReply(code int, body string, extra Headers) {
 	}
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	s.setServer(h)
+	s.status = code
 	s.w.WriteHeader(code)
 	_, _ = io.WriteString(s.w, body)
 }
