@@ -192,10 +192,12 @@ func httpGet(url string) (int, string, error) {
 type novaRequest struct {
 	Method, Path                         string
 	InstanceID, TenantID, Signature, XFF []string
+	// Header is every header of the request.
+	Header http.Header
 }
 
 // novaRecorder sits between the data plane and nova's metadata API as a transparent HTTP/1.1
-// relay and records the identity headers of every request, so the suite can prove that nova never
+// relay and records the headers of every request, so the suite can prove that nova never
 // received an unsigned request. When nova is down it closes the connection, as a dead nova would.
 type novaRecorder struct {
 	l    net.Listener
@@ -246,6 +248,7 @@ func (r *novaRecorder) relay(c net.Conn) {
 			Method: req.Method, Path: req.URL.Path,
 			InstanceID: req.Header.Values("X-Instance-ID"), TenantID: req.Header.Values("X-Tenant-ID"),
 			Signature: req.Header.Values("X-Instance-ID-Signature"), XFF: req.Header.Values("X-Forwarded-For"),
+			Header: req.Header.Clone(),
 		})
 		r.mu.Unlock()
 		if err := req.Write(up); err != nil {
