@@ -1,7 +1,8 @@
 // Package hcm is the stand-in's HTTP connection manager: it parses Envoy's HttpConnectionManager
-// (route table, http_filters) and serves HTTP/1.1 requests through the filter chain the way Envoy
-// does for the subset it implements: envoy.filters.http.ext_proc, envoy.filters.http.local_ratelimit
-// and envoy.filters.http.router.
+// (route table, http_filters, early header mutations, tracing) and serves HTTP/1.1 requests through
+// the filter chain the way Envoy does for the subset it implements: the header_mutation early
+// header mutation extension, envoy.filters.http.ext_proc, envoy.filters.http.local_ratelimit,
+// envoy.filters.http.router and the OpenTelemetry tracer.
 package hcm
 
 import (
