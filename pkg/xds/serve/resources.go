@@ -7,40 +7,47 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/runtime/protoiface"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // served is one resource as the snapshot cache holds it: encoded, hashed and checked for its
 // references once, however many nodes' snapshots carry it.
 //
-// A served is itself the proto.Message handed to go-control-plane: a message without fields whose
-// wire encoding is the resource's, precomputed. go-control-plane marshals every resource of every
-// response it builds (cache.MarshalResource, per response and resource); for a served that is the
-// encoding itself, not a copy of it, so a response in flight holds no copy of its resources (a
-// hundred listeners are 80 KB) and building it costs no encoding. The encoding is also all that is
-// kept of the resource: a listener's Go form takes more than twice its encoding. Nothing but
-// marshaling looks into a resource's fields on the path Snapshots uses (go-control-plane's
-// Snapshot.Consistent and LinearCache would; snapshot.consistent does that check from refs).
+// A served is itself the proto.Message handed to go-control-plane, and it is the resource: its
+// reflection is the resource's type, and any reflective use (proto.Equal, proto.Clone, protojson,
+// prototext, fmt) sees the complete resource, decoded from the encoding the first time it is
+// asked for. What go-control-plane does with every resource of every response is marshal it
+// (cache.MarshalResource); for a served that is the kept encoding itself, through protobuf's fast
+// path (protoiface.Methods), not a copy of it: a response in flight holds no copy of its
+// resources (a hundred listeners are 80 KB) and building it costs no encoding. The encoding is also
+// all that is kept of the resource: a listener's Go form takes ~1.5 times the memory
+// (BenchmarkListenerForm, docs/benchmarks.md). A served is immutable: setting a field through its
+// reflection panics (nothing in go-control-plane modifies a resource, pkg/cache/v3's cachedResource).
 type served struct {
-	msg   servedMessage // what ProtoReflect returns
-	empty emptypb.Empty // the reflection of a message without fields
-	raw   []byte        // the deterministic encoding of the resource
-	name  string
+	raw  []byte                   // the deterministic encoding of the resource
+	typ  protoreflect.MessageType // the resource's type
+	name string
 	// digest is the SHA-256 of the encoding; in hex (version) it is cache.HashResource of it.
 	digest [sha256.Size]byte
 	// refs are the names of the resources of the dependent type this one needs (a listener's
 	// routes, a cluster's EDS services), as go-control-plane's GetResourceReferences finds them.
 	refs []string
+	// decoded is the resource decoded from raw, made on the first reflective use (never on the
+	// paths that serve Envoys).
+	decoded atomic.Pointer[decodedResource]
 }
+
+type decodedResource struct{ m protoreflect.Message }
 
 var _ types.ResourceWithName = (*served)(nil)
 
@@ -56,9 +63,7 @@ func encodeWithRefs(m types.Resource, refs []string) (*served, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", name, err)
 	}
-	s := &served{raw: b, name: name, digest: sha256.Sum256(b), refs: refs}
-	s.msg = servedMessage{Message: s.empty.ProtoReflect(), s: s}
-	return s, nil
+	return &served{raw: b, typ: m.ProtoReflect().Type(), name: name, digest: sha256.Sum256(b), refs: refs}, nil
 }
 
 // version is the delta resource version of s: cache.HashResource of the encoding, as
@@ -68,34 +73,76 @@ func encodeWithRefs(m types.Resource, refs []string) (*served, error) {
 func (s *served) version() string { return hex.EncodeToString(s.digest[:]) }
 
 // ProtoReflect implements proto.Message.
-func (s *served) ProtoReflect() protoreflect.Message { return &s.msg }
+func (s *served) ProtoReflect() protoreflect.Message { return (*servedReflect)(s) }
 
 // GetName implements types.ResourceWithName (cache.GetResourceName).
 func (s *served) GetName() string { return s.name }
 
-// servedMessage is the protoreflect.Message of a served: an empty message's, but for the
-// fast-path methods proto.Marshal and proto.Size use, and the unknown fields, which are the
-// encoding (so that reflection agrees with the wire form).
-type servedMessage struct {
-	protoreflect.Message
-	s *served
+// String formats the resource as generated messages do (in prototext, on one line).
+func (s *served) String() string { return prototext.MarshalOptions{}.Format(s) }
+
+// full returns the resource decoded (once) from its encoding.
+func (s *served) full() protoreflect.Message {
+	if d := s.decoded.Load(); d != nil {
+		return d.m
+	}
+	m := s.typ.New()
+	if err := proto.Unmarshal(s.raw, m.Interface()); err != nil {
+		// The encoding was made by proto from a message of this type.
+		panic(fmt.Sprintf("decode served %s %s: %v", s.typ.Descriptor().FullName(), s.name, err))
+	}
+	s.decoded.CompareAndSwap(nil, &decodedResource{m})
+	return s.decoded.Load().m
 }
 
-func (m *servedMessage) Interface() protoreflect.ProtoMessage { return m.s }
+// servedReflect is the protoreflect.Message of a served: the resource's type and, decoded, its
+// content, but for the fast-path methods proto.Marshal and proto.Size use (servedMethods), which
+// give the kept encoding. The methods that would change the resource panic.
+type servedReflect served
 
-func (m *servedMessage) GetUnknown() protoreflect.RawFields { return m.s.raw }
+func (m *servedReflect) s() *served                                 { return (*served)(m) }
+func (m *servedReflect) Descriptor() protoreflect.MessageDescriptor { return m.typ.Descriptor() }
+func (m *servedReflect) Type() protoreflect.MessageType             { return m.typ }
+func (m *servedReflect) New() protoreflect.Message                  { return m.typ.New() }
+func (m *servedReflect) Interface() protoreflect.ProtoMessage       { return m.s() }
+func (m *servedReflect) IsValid() bool                              { return true }
+func (m *servedReflect) ProtoMethods() *protoiface.Methods          { return &servedMethods }
+func (m *servedReflect) Has(fd protoreflect.FieldDescriptor) bool   { return m.s().full().Has(fd) }
+func (m *servedReflect) Get(fd protoreflect.FieldDescriptor) protoreflect.Value {
+	return m.s().full().Get(fd)
+}
+func (m *servedReflect) NewField(fd protoreflect.FieldDescriptor) protoreflect.Value {
+	return m.s().full().NewField(fd)
+}
+func (m *servedReflect) WhichOneof(od protoreflect.OneofDescriptor) protoreflect.FieldDescriptor {
+	return m.s().full().WhichOneof(od)
+}
+func (m *servedReflect) GetUnknown() protoreflect.RawFields { return m.s().full().GetUnknown() }
+func (m *servedReflect) Range(f func(protoreflect.FieldDescriptor, protoreflect.Value) bool) {
+	m.s().full().Range(f)
+}
+func (m *servedReflect) Clear(protoreflect.FieldDescriptor)                   { m.immutable() }
+func (m *servedReflect) Set(protoreflect.FieldDescriptor, protoreflect.Value) { m.immutable() }
+func (m *servedReflect) Mutable(protoreflect.FieldDescriptor) protoreflect.Value {
+	m.immutable()
+	return protoreflect.Value{}
+}
+func (m *servedReflect) SetUnknown(protoreflect.RawFields) { m.immutable() }
+func (m *servedReflect) immutable() {
+	panic(fmt.Sprintf("served %s %s is immutable", m.typ.Descriptor().FullName(), m.name))
+}
 
-func (m *servedMessage) ProtoMethods() *protoiface.Methods { return &servedMethods }
-
-// servedMethods encode a served as its precomputed encoding (and nothing else: the only methods
-// given are those proto.Marshal and proto.Size use). Marshaling into no buffer, what proto.Marshal
+// servedMethods encode a served as its kept encoding. Marshaling into no buffer, what proto.Marshal
 // does, returns the encoding itself, capacity-limited so that an append copies; go-control-plane
-// only reads it (into an Any, and a hash for delta). The encoding came from a complete message, so
-// it is initialized. Immutable.
+// only reads it (into an Any, and a hash for delta). There is no Size method on purpose: given
+// one, proto.Marshal allocates a buffer of that size before calling Marshal (proto.Size calls
+// Marshal instead, which costs nothing here). The encoding came from a complete message, so it is
+// initialized. No Unmarshal or Merge: those go through the reflection, which refuses changes.
+// Immutable.
 var servedMethods = protoiface.Methods{
 	Flags: protoiface.SupportMarshalDeterministic,
 	Marshal: func(in protoiface.MarshalInput) (protoiface.MarshalOutput, error) {
-		raw := in.Message.(*servedMessage).s.raw
+		raw := in.Message.(*servedReflect).raw
 		if len(in.Buf) == 0 {
 			return protoiface.MarshalOutput{Buf: raw[:len(raw):len(raw)]}, nil
 		}
