@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suites need: the real OpenStack pieces (neutron-server,
-# nova-api for its metadata API, the incumbent neutron-metadata-agent with RabbitMQ and haproxy),
-# cloud-init (its OpenStack metadata reader is an e2e client), iproute2, curl, openssl; and for the
-# ML2/OVN suite (e2e/internal/ovnlab): Open vSwitch, OVN (central and host), the incumbent
-# neutron-ovn-metadata-agent (its privsep helpers run through sudo), dhclient for OVN's DHCP in the
-# VM namespaces, and iptables for the checksum-fill rule of the userspace datapath.
+# nova-api for its metadata API, keystone with uwsgi for neutron's auth_strategy = keystone, the
+# incumbent neutron-metadata-agent with RabbitMQ and haproxy), cloud-init (its OpenStack metadata
+# reader is an e2e client), iproute2, curl, openssl; and for the ML2/OVN suite (e2e/internal/ovnlab):
+# Open vSwitch, OVN (central and host), the incumbent neutron-ovn-metadata-agent (its privsep helpers
+# run through sudo), dhclient for OVN's DHCP in the VM namespaces, and iptables for the
+# checksum-fill rule of the userspace datapath.
 # Idempotent: does nothing when everything is there. Needs root.
 set -euo pipefail
-pkgs=(neutron-server neutron-metadata-agent nova-api rabbitmq-server haproxy cloud-init iproute2 curl openssl wrk
+pkgs=(neutron-server neutron-metadata-agent nova-api keystone uwsgi uwsgi-plugin-python3 rabbitmq-server haproxy cloud-init iproute2 curl openssl wrk
       openvswitch-switch ovn-central ovn-host neutron-ovn-metadata-agent isc-dhcp-client iptables sudo)
 missing=()
 for p in "${pkgs[@]}"; do

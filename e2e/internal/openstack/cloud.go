@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/openstack"
 
 	"github.com/metaproxy/metaproxy/pkg/osclient"
 )
@@ -54,6 +55,12 @@ type Options struct {
 	// StopGrace bounds how long a process may take to exit after SIGTERM before it gets SIGKILL.
 	// Zero: 15s (neutron-server may take ~13s).
 	StopGrace time.Duration
+	// Auth is how neutron-server authenticates requests: AuthNoauth (the default) or AuthKeystone
+	// (Keystone, keystonemiddleware, TLS with the private CA).
+	Auth Auth
+	// TokenExpiration is Keystone's [token] expiration, rounded to seconds (AuthKeystone). Zero:
+	// Keystone's default, an hour.
+	TokenExpiration time.Duration
 	// Logf receives progress lines (e.g. t.Logf). Nil: silent.
 	Logf func(format string, args ...any)
 	// OVN, when set, runs neutron-server with ML2/OVN against these OVN databases instead of the
@@ -69,20 +76,41 @@ type Cloud struct {
 	ownsBase bool
 	started  time.Time
 
-	neutronPort int
-	novaPort    int
-	rabbitPorts [3]int // AMQP, Erlang distribution, epmd
+	neutronPort  int
+	novaPort     int
+	keystonePort int
+	rabbitPorts  [3]int // AMQP, Erlang distribution, epmd
 
 	network *gophercloud.ServiceClient
 	objects *novaObjects
 
-	mu      sync.Mutex
-	neutron *process
+	// AuthKeystone only: the private CA, the cloud admin's provider and identity client, and a
+	// channel closed once keystoneSetup is done (neutron's warm-up needs the admin's token).
+	ca            *privateCA
+	admin         *gophercloud.ProviderClient
+	identity      *gophercloud.ServiceClient
+	keystoneReady chan struct{}
+
+	mu       sync.Mutex
+	keystone *process
+	neutron  *process
 	nova    *process
 	epmd    *process
 	rabbit  *process
 	agent   *process
 	closed  bool
+}
+
+// KeystoneAvailable reports why AuthKeystone cannot run here (Keystone or uwsgi missing), or nil.
+func KeystoneAvailable() error {
+	var errs []error
+	for _, b := range []string{"/usr/bin/keystone-manage", "/usr/bin/keystone-wsgi-public", "/usr/bin/uwsgi",
+		"/usr/lib/uwsgi/plugins/python3_plugin.so"} {
+		if _, err := os.Stat(b); err != nil {
+			errs = append(errs, fmt.Errorf("%s missing (run `make deps` as root)", b))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Available reports why the fixture cannot run here (not root, a package missing), or nil.
@@ -118,6 +146,20 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 	if o.OVN != nil && o.WithAgent {
 		return nil, errors.New("openstack: Options.OVN and WithAgent (ML2/OVS's agent) are exclusive")
 	}
+	switch o.Auth {
+	case "":
+		o.Auth = AuthNoauth
+	case AuthNoauth:
+	case AuthKeystone:
+		if err := KeystoneAvailable(); err != nil {
+			return nil, fmt.Errorf("openstack: cannot run Keystone here: %w", err)
+		}
+		if o.TokenExpiration == 0 {
+			o.TokenExpiration = time.Hour
+		}
+	default:
+		return nil, fmt.Errorf("openstack: Options.Auth %q: want %q or %q", o.Auth, AuthNoauth, AuthKeystone)
+	}
 	if o.ProjectID == "" {
 		o.ProjectID = DefaultProjectID
 	}
@@ -127,7 +169,7 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
-	c = &Cloud{opts: o, base: o.BaseDir, started: time.Now()}
+	c = &Cloud{opts: o, base: o.BaseDir, started: time.Now(), keystoneReady: make(chan struct{})}
 	for _, k := range reapStale() {
 		o.Logf("openstack: killed leftover %s of an earlier run", k)
 	}
@@ -145,28 +187,43 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 		}
 	}()
 	for _, d := range []string{"log", "neutron/state", "neutron/lock", "nova/state", "nova/lock",
-		"mdagent", "rabbit/mnesia", "rabbit/log", "rabbit/home"} {
+		"mdagent", "rabbit/mnesia", "rabbit/log", "rabbit/home", "keystone/fernet-keys"} {
 		if err := os.MkdirAll(filepath.Join(c.base, d), 0o755); err != nil {
 			return c, fmt.Errorf("openstack: %w", err)
 		}
 	}
-	ports, err := freePorts(5)
+	ports, err := freePorts(6)
 	if err != nil {
 		return c, err
 	}
-	c.neutronPort, c.novaPort = ports[0], ports[1]
-	copy(c.rabbitPorts[:], ports[2:])
+	c.neutronPort, c.novaPort, c.keystonePort = ports[0], ports[1], ports[5]
+	copy(c.rabbitPorts[:], ports[2:5])
+	if o.Auth == AuthKeystone {
+		if c.ca, err = newPrivateCA(c.path("tls")); err != nil {
+			return c, err
+		}
+	}
 	if err := c.writeConfigs(); err != nil {
 		return c, err
 	}
-	if c.network, err = osclient.NewNetworkClient(ctx, osclient.Options{NeutronURL: c.NeutronURL(), Timeout: 60 * time.Second}); err != nil {
-		return c, fmt.Errorf("openstack: neutron client: %w", err)
+	if o.Auth == AuthNoauth {
+		if c.network, err = osclient.NewNetworkClient(ctx, osclient.Options{NeutronURL: c.NeutronURL(), Timeout: 60 * time.Second}); err != nil {
+			return c, fmt.Errorf("openstack: neutron client: %w", err)
+		}
+		close(c.keystoneReady)
 	}
 
 	// The slow steps (schemas: python imports, ~4-8s each) run side by side.
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 4)
 	rabbitUp := make(chan error, 1)
+	if o.Auth == AuthKeystone {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[3] = c.startKeystoneFirst(ctx)
+		}()
+	}
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
@@ -231,13 +288,69 @@ func Start(ctx context.Context, o Options) (c *Cloud, err error) {
 			return c, err
 		}
 	}
-	o.Logf("openstack: neutron %s, nova metadata %s up in %s (base %s)", c.NeutronURL(), c.NovaURL(),
+	o.Logf("openstack: neutron %s (%s), nova metadata %s up in %s (base %s)", c.NeutronURL(), o.Auth, c.NovaURL(),
 		time.Since(c.started).Round(100*time.Millisecond), c.base)
 	return c, nil
 }
 
-// NeutronURL is the noauth Neutron endpoint, like http://127.0.0.1:PORT/.
-func (c *Cloud) NeutronURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", c.neutronPort) }
+// startKeystoneFirst prepares Keystone's database and keys, starts it, and sets it up as a
+// deployment would (keystoneSetup); neutron's warm-up waits for it (keystoneReady).
+func (c *Cloud) startKeystoneFirst(ctx context.Context) error {
+	defer close(c.keystoneReady) // also on failure: warmNeutron then sees no client and gives up
+	if err := c.keystonePrep(ctx); err != nil {
+		return err
+	}
+	if err := c.StartKeystone(ctx); err != nil {
+		return err
+	}
+	if err := c.keystoneSetup(ctx); err != nil {
+		return err
+	}
+	network, err := openstack.NewNetworkV2(c.admin, gophercloud.EndpointOpts{Region: Region})
+	if err != nil {
+		return fmt.Errorf("openstack: neutron client: %w", err)
+	}
+	c.network = network
+	return nil
+}
+
+// warmNeutron waits for keystoneSetup, then lists networks as the cloud admin until neutron-server
+// answers (bounded to 2 minutes).
+func (c *Cloud) warmNeutron(ctx context.Context) error {
+	select {
+	case <-c.keystoneReady:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if c.network == nil {
+		return errors.New("openstack: neutron-server not warmed up: Keystone failed")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		_, err := c.network.Get(ctx, c.network.ServiceURL("networks")+"?limit=1", nil, nil)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("openstack: neutron-server does not list networks for the admin: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Auth is how neutron-server authenticates requests.
+func (c *Cloud) Auth() Auth { return c.opts.Auth }
+
+// NeutronURL is the Neutron endpoint, like http://127.0.0.1:PORT/ (noauth: no token needed) or,
+// with AuthKeystone, https://127.0.0.1:PORT/ (a token needed; the catalog's network endpoint).
+func (c *Cloud) NeutronURL() string {
+	if c.opts.Auth == AuthKeystone {
+		return fmt.Sprintf("https://127.0.0.1:%d/", c.neutronPort)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d/", c.neutronPort)
+}
 
 // NovaURL is nova's metadata API, like http://127.0.0.1:PORT (no trailing slash).
 func (c *Cloud) NovaURL() string { return fmt.Sprintf("http://127.0.0.1:%d", c.novaPort) }
@@ -260,7 +373,8 @@ func (c *Cloud) MetadataAgentINI() string { return c.path("mdagent/metadata_agen
 // upstream in the incumbent's setup.
 func (c *Cloud) AgentSocket() string { return c.path("mdagent/metadata_proxy") }
 
-// NetworkClient is a noauth gophercloud (v2) Neutron client; every request gets an admin context.
+// NetworkClient is a gophercloud (v2) Neutron client with an admin context: noauth, or with
+// AuthKeystone the cloud admin's.
 func (c *Cloud) NetworkClient() *gophercloud.ServiceClient { return c.network }
 
 // StartNeutron starts neutron-server (after StopNeutron) and waits until it answers. With
@@ -281,8 +395,16 @@ func (c *Cloud) StartNeutron(ctx context.Context) error {
 		return fmt.Errorf("openstack: %w", err)
 	}
 	// GET /v2.0/networks also warms SQLAlchemy's mappers: a cold worker answers GET /v2.0/ports
-	// with 500 (Port has no attribute port_forwardings) until another query ran.
-	if err := c.waitHTTP(ctx, p, c.NeutronURL()+"v2.0/networks"); err != nil {
+	// with 500 (Port has no attribute port_forwardings) until another query ran. With Keystone it
+	// needs a token: the version document (no token) first, then the admin's GET.
+	if c.opts.Auth == AuthKeystone {
+		if err := c.waitHTTP(ctx, p, c.NeutronURL()); err != nil {
+			return err
+		}
+		if err := c.warmNeutron(ctx); err != nil {
+			return err
+		}
+	} else if err := c.waitHTTP(ctx, p, c.NeutronURL()+"v2.0/networks"); err != nil {
 		return err
 	}
 	// The RPC worker has the same cold start; the metadata agent's state report warms it, and the
@@ -368,8 +490,8 @@ func (c *Cloud) Close() error {
 		return nil
 	}
 	c.closed = true
-	procs := []*process{c.agent, c.nova, c.neutron, c.rabbit, c.epmd}
-	c.agent, c.nova, c.neutron, c.rabbit, c.epmd = nil, nil, nil, nil, nil
+	procs := []*process{c.agent, c.nova, c.neutron, c.keystone, c.rabbit, c.epmd}
+	c.agent, c.nova, c.neutron, c.keystone, c.rabbit, c.epmd = nil, nil, nil, nil, nil, nil
 	objs := c.objects
 	c.mu.Unlock()
 
@@ -377,14 +499,14 @@ func (c *Cloud) Close() error {
 		objs.close()
 	}
 	var wg sync.WaitGroup
-	for _, p := range procs[:3] { // independent of each other: stop them side by side
+	for _, p := range procs[:4] { // independent of each other: stop them side by side
 		if p != nil {
 			wg.Add(1)
 			go func() { defer wg.Done(); p.stop(c.opts.StopGrace) }()
 		}
 	}
 	wg.Wait()
-	for _, p := range procs[3:] { // RabbitMQ before its epmd
+	for _, p := range procs[4:] { // RabbitMQ before its epmd
 		if p != nil {
 			p.stop(c.opts.StopGrace)
 		}
@@ -440,6 +562,9 @@ func (c *Cloud) waitHTTP(ctx context.Context, p *process, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	client := &http.Client{Timeout: 5 * time.Second}
+	if c.ca != nil {
+		client = c.ca.httpClient(5 * time.Second)
+	}
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {

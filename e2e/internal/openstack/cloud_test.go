@@ -10,21 +10,37 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
 
-// TestCloudServesSignedMetadata starts the fixture and checks that nova serves the instance row
-// CreateVM made (user data, metadata, key, network_data from the port) to a correctly signed request.
+// TestCloudServesSignedMetadata starts the fixture, without and with Keystone, and checks that nova
+// serves the instance row CreateVM made (user data, metadata, key, network_data from the port) to a
+// correctly signed request. With Keystone, nova builds that answer with its own service user's
+// calls to neutron-server over TLS.
 func TestCloudServesSignedMetadata(t *testing.T) {
 	if err := Available(false); err != nil {
 		t.Skipf("OpenStack fixture cannot run here: %v", err)
 	}
+	for _, auth := range []Auth{AuthNoauth, AuthKeystone} {
+		t.Run(string(auth), func(t *testing.T) {
+			if auth == AuthKeystone {
+				if err := KeystoneAvailable(); err != nil {
+					t.Skip(err)
+				}
+			}
+			servesSignedMetadata(t, auth)
+		})
+	}
+}
+
+func servesSignedMetadata(t *testing.T, auth Auth) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const secret = "unit-secret"
 	t0 := time.Now()
-	c, err := Start(ctx, Options{SharedSecret: secret, Logf: t.Logf, StopGrace: 5 * time.Second})
+	c, err := Start(ctx, Options{SharedSecret: secret, Logf: t.Logf, StopGrace: 5 * time.Second, Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +100,24 @@ func TestCloudServesSignedMetadata(t *testing.T) {
 	}
 	if _, err := c.CreateRouter(ctx, "unit-router", n); err != nil {
 		t.Error(err)
+	}
+	if auth != AuthKeystone {
+		return
+	}
+	// Keystone's request log is readable: the admin, neutron's and nova's service users got tokens.
+	reqs, err := c.KeystoneRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := map[string]bool{}
+	for _, r := range reqs {
+		if r.Method == http.MethodPost && r.URI == "/v3/auth/tokens" && r.Status == http.StatusCreated {
+			agents[strings.Fields(r.UserAgent)[0]] = true
+		}
+	}
+	t.Logf("token requests by user agent: %v", agents)
+	if len(agents) < 2 {
+		t.Errorf("Keystone's log names %v as issuers of tokens, want gophercloud (the admin) and keystonemiddleware or nova", agents)
 	}
 }
 

@@ -33,7 +33,7 @@ agent_down_time = {{.OVN.AgentDownSeconds}}
 # The L3 plugin runs on sqlite without agents: routers and router interface ports for router mode.
 service_plugins = router
 {{- end}}
-auth_strategy = noauth
+auth_strategy = {{.Auth}}
 transport_url = {{.Transport}}
 bind_host = 127.0.0.1
 bind_port = {{.NeutronPort}}
@@ -45,6 +45,25 @@ rpc_workers = {{if .OVN}}0{{else}}1{{end}}
 rpc_state_report_workers = 0
 notify_nova_on_port_status_changes = false
 notify_nova_on_port_data_changes = false
+{{- if .Keystone}}
+use_ssl = true
+[ssl]
+cert_file = {{.CertFile}}
+key_file = {{.KeyFile}}
+[keystone_authtoken]
+# keystonemiddleware validates every token with Keystone as the neutron service user, and caches
+# the answer in process (no memcached) for token_cache_time (300 s).
+www_authenticate_uri = {{.KeystoneURL}}
+auth_url = {{.KeystoneURL}}
+auth_type = password
+username = neutron
+password = {{.ServicePassword}}
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+region_name = {{.Region}}
+cafile = {{.CAFile}}
+{{- end}}
 [database]
 # Several processes write (API, RPC and periodic workers): wait for sqlite's lock instead of failing
 # with "database is locked" (the file is in WAL mode, see scripts/neutron_schema.py).
@@ -100,8 +119,22 @@ sqlite_synchronous = false
 [neutron]
 service_metadata_proxy = true
 metadata_proxy_shared_secret = {{.Secret}}
+{{- if .Keystone}}
+# Nova builds metadata with Neutron calls made as its own service user, as in a real cloud.
+auth_type = password
+auth_url = {{.KeystoneURL}}
+username = nova
+password = {{.ServicePassword}}
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+region_name = {{.Region}}
+cafile = {{.CAFile}}
+endpoint_override = https://127.0.0.1:{{.NeutronPort}}
+{{- else}}
 auth_type = none
 endpoint_override = http://127.0.0.1:{{.NeutronPort}}
+{{- end}}
 [oslo_concurrency]
 lock_path = {{.Base}}/nova/lock
 [wsgi]
@@ -129,8 +162,8 @@ backend = oslo_cache.dict
 expiration_time = 5
 `))
 
-// writeConfigs writes neutron.conf, nova.conf, metadata_agent.ini, RabbitMQ's files and the
-// helper scripts under BaseDir. Files holding the shared secret are mode 0600.
+// writeConfigs writes neutron.conf, nova.conf, metadata_agent.ini, keystone.conf (AuthKeystone),
+// RabbitMQ's files and the helper scripts under BaseDir. Files holding secrets are mode 0600.
 func (c *Cloud) writeConfigs() error {
 	transport := "fake:/"
 	if c.opts.WithAgent {
@@ -145,12 +178,22 @@ func (c *Cloud) writeConfigs() error {
 		"DHCPDomain":       DHCPDomain,
 		"Secret":           c.opts.SharedSecret,
 		"OVN":              c.opts.OVN,
+		"Auth":             string(c.opts.Auth),
+		"Keystone":         c.opts.Auth == AuthKeystone,
+		"Region":           Region,
+		"ServicePassword":  serviceUserPassword,
+		"TokenExpiration":  int(c.opts.TokenExpiration.Round(1e9).Seconds()),
 	}
-	for path, tmpl := range map[string]*template.Template{
+	tmpls := map[string]*template.Template{
 		"neutron/neutron.conf":       neutronConf,
 		"nova/nova.conf":             novaConf,
 		"mdagent/metadata_agent.ini": agentINI,
-	} {
+	}
+	if c.opts.Auth == AuthKeystone {
+		data["KeystoneURL"], data["CAFile"], data["CertFile"], data["KeyFile"] = c.KeystoneURL(), c.ca.caFile, c.ca.certFile, c.ca.keyFile
+		tmpls["keystone/keystone.conf"] = keystoneConf
+	}
+	for path, tmpl := range tmpls {
 		f, err := os.OpenFile(c.path(path), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
 			return fmt.Errorf("openstack: write %s: %w", path, err)
