@@ -94,11 +94,11 @@ type Cloud struct {
 	mu       sync.Mutex
 	keystone *process
 	neutron  *process
-	nova    *process
-	epmd    *process
-	rabbit  *process
-	agent   *process
-	closed  bool
+	nova     *process
+	epmd     *process
+	rabbit   *process
+	agent    *process
+	closed   bool
 }
 
 // KeystoneAvailable reports why AuthKeystone cannot run here (Keystone or uwsgi missing), or nil.
