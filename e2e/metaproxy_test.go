@@ -43,6 +43,8 @@ type env struct {
 	fabric   *vmnet.Fabric
 	recorder *novaRecorder
 	ini      string
+	// creds says how cmd/extproc and cmd/xds reach Neutron: noauth, or clouds.yaml entries.
+	creds neutronCreds
 
 	extproc, xds, dataplane *proc
 	extprocArgs, xdsArgs    []string
@@ -55,12 +57,28 @@ type env struct {
 	vms  map[string]*vm
 }
 
+// setup brings up the scenarios' cloud with the suite's auth mode (suiteAuth): cmd/extproc
+// authenticates with a password, cmd/xds with an application credential.
 func setup(t *testing.T, ctx context.Context) *env {
+	return setupWith(t, ctx, setupOptions{Auth: suiteAuth(t), ExtprocCloud: cloudExtproc, XDSCloud: cloudXDSAppCred})
+}
+
+// setupOptions vary the scenarios' cloud.
+type setupOptions struct {
+	Auth openstack.Auth
+	// ExtprocCloud and XDSCloud are the clouds.yaml entries (see keystoneCredentials) of each
+	// service with AuthKeystone.
+	ExtprocCloud, XDSCloud string
+	// TokenExpiration is Keystone's [token] expiration (zero: an hour).
+	TokenExpiration time.Duration
+}
+
+func setupWith(t *testing.T, ctx context.Context, so setupOptions) *env {
 	if err := openstack.Available(false); err != nil {
 		t.Skipf("the e2e suite cannot run here: %v", err)
 	}
-	e := newEnv(t, ctx, openstack.Options{})
-	cloud := e.cloud
+	e := newEnv(t, ctx, openstack.Options{Auth: so.Auth, TokenExpiration: so.TokenExpiration})
+	e.creds = e.neutronCredentials(ctx, so.ExtprocCloud, so.XDSCloud)
 
 	// Two networks with the same CIDR; two VMs on the first, one on the second with the same address.
 	for _, name := range []string{"net-a", "net-b"} {
@@ -70,7 +88,8 @@ func setup(t *testing.T, ctx context.Context) *env {
 	e.addVM(ctx, "a2", "net-a", "10.0.0.6")
 	e.addVM(ctx, "b1", "net-b", "10.0.0.5")
 
-	// Configured as an operator would: neutron's metadata_agent.ini, a Neutron URL (noauth here).
+	// Configured as an operator would: neutron's metadata_agent.ini, a clouds.yaml entry (or a
+	// noauth Neutron URL).
 	e.ini = filepath.Join(e.dir, "metadata_agent.ini")
 	writeFile(t, e.ini, fmt.Sprintf("[DEFAULT]\nmetadata_proxy_shared_secret = %s\nnova_metadata_host = 127.0.0.1\nnova_metadata_port = %d\nnova_metadata_protocol = http\n", e2eSecret, e.recorder.port()))
 	// The secure defaults: cmd/extproc on a UNIX socket with the peer check (default allow-list:
@@ -81,17 +100,19 @@ func setup(t *testing.T, ctx context.Context) *env {
 	e.extprocSock = filepath.Join(listentest.SharedDir(t), "extproc.sock")
 	e.extprocAdmin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	e.extprocArgs = []string{filepath.Join(e.bin, "extproc"), "--listen", "unix://" + e.extprocSock, "--admin-listen", e.extprocAdmin,
-		"--neutron-url", cloud.NeutronURL(), "--metadata-agent-ini", e.ini, "--log-format", "json"}
-	e.extproc = startProc(t, e.dir, "extproc", nil, e.extprocArgs...)
+		"--metadata-agent-ini", e.ini, "--log-format", "json"}
+	e.extprocArgs = append(e.extprocArgs, e.creds.extproc...)
+	e.extproc = startProc(t, e.dir, "extproc", e.creds.env, e.extprocArgs...)
 	eventually(t, 30*time.Second, "extproc ready", func() error { return ready("http://" + e.extprocAdmin + "/readyz") })
 
 	e.pki = newLabPKI(t, e.dir, e.bin, nodeID)
 	e.xdsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	xdsAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	e.xdsArgs = append([]string{filepath.Join(e.bin, "xds"), "--listen", e.xdsAddr, "--admin-listen", xdsAdmin,
-		"--source", "neutron", "--neutron-mode", "all", "--node-id", nodeID, "--neutron-url", cloud.NeutronURL(),
+		"--source", "neutron", "--neutron-mode", "all", "--node-id", nodeID,
 		"--metadata-agent-ini", e.ini, "--extproc-address", "unix://" + e.extprocSock, "--poll-interval", "1s"}, e.pki.xdsArgs()...)
-	e.xds = startProc(t, e.dir, "xds", nil, e.xdsArgs...)
+	e.xdsArgs = append(e.xdsArgs, e.creds.xds...)
+	e.xds = startProc(t, e.dir, "xds", e.creds.env, e.xdsArgs...)
 	eventually(t, 30*time.Second, "xds ready", func() error { return ready("http://" + xdsAdmin + "/readyz") })
 
 	dpAdminPort := freePort(t)

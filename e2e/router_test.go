@@ -12,7 +12,6 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/layer3/routers"
 
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
-	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
@@ -41,11 +40,7 @@ func routerMode(t *testing.T, ctx context.Context, e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := osclient.NewNetworkClient(ctx, osclient.Options{NeutronURL: e.cloud.NeutronURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	neutron := resolve.NewNeutron(client, resolve.NeutronOptions{RouterNetworksTTL: time.Minute})
+	neutron := resolve.NewNeutron(e.extprocClient(t, ctx), resolve.NeutronOptions{RouterNetworksTTL: time.Minute})
 	behindRouter := func(ip string) (resolve.Instance, error) {
 		return neutron.Resolve(ctx, resolve.Query{Scope: resolve.Scope{Kind: resolve.KindRouter, ID: r.ID}, Addr: netip.MustParseAddr(ip)})
 	}
