@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/metaproxy/metaproxy/pkg/cause"
 )
 
 // fakeCloud is a Keystone that issues numbered tokens and a Neutron that accepts only the latest,
@@ -107,7 +109,7 @@ func listPorts(ctx context.Context, n *Network) error {
 	}
 	_, err = c.Get(ctx, c.ServiceURL("ports"), nil, nil)
 	if err != nil {
-		return Classify(err, false)
+		return cause.Neutron(err, false)
 	}
 	return nil
 }
@@ -126,7 +128,7 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 // TestAuthenticatesOnFirstUse: New contacts nothing; a Keystone that refuses the credentials
-// makes Client fail with CauseCredentials, and that failure is returned for RetryAuthAfter without
+// makes Client fail with cause.Credentials, and that failure is returned for RetryAuthAfter without
 // asking Keystone again; once the credentials work, the next call after the pause authenticates.
 func TestAuthenticatesOnFirstUse(t *testing.T) {
 	f := newFakeCloud(t)
@@ -142,7 +144,7 @@ func TestAuthenticatesOnFirstUse(t *testing.T) {
 	ctx := context.Background()
 	for i := range 5 {
 		_, err := n.Client(ctx)
-		if c, ok := CauseOf(err); !ok || c != CauseCredentials || !strings.Contains(err.Error(), "refused the credentials") ||
+		if c, ok := cause.Of(err); !ok || c != cause.Credentials || !strings.Contains(err.Error(), "refused the credentials") ||
 			!strings.Contains(err.Error(), `clouds.yaml entry "lab"`) {
 			t.Fatalf("call %d: %v (cause %q), want the credentials named as refused", i, err, c)
 		}
@@ -201,7 +203,7 @@ func TestConcurrentLookupsReauthenticateOnce(t *testing.T) {
 }
 
 // TestKeystoneDownAtExpiry: the token expires while Keystone fails: calls fail with
-// CauseKeystoneUnreachable, Keystone is asked at most once per RetryAuthAfter, and the next
+// cause.KeystoneUnreachable, Keystone is asked at most once per RetryAuthAfter, and the next
 // attempt after it recovers succeeds without a restart.
 func TestKeystoneDownAtExpiry(t *testing.T) {
 	f := newFakeCloud(t)
@@ -218,7 +220,7 @@ func TestKeystoneDownAtExpiry(t *testing.T) {
 	before := f.tokenPosts.Load()
 	for i := range 10 {
 		err := listPorts(ctx, n)
-		if c, _ := CauseOf(err); c != CauseKeystoneUnreachable || !strings.Contains(err.Error(), "re-authenticate") {
+		if c, _ := cause.Of(err); c != cause.KeystoneUnreachable || !strings.Contains(err.Error(), "re-authenticate") {
 			t.Fatalf("call %d: %v (cause %q), want keystone_unreachable", i, err, c)
 		}
 	}
@@ -236,20 +238,20 @@ func TestKeystoneDownAtExpiry(t *testing.T) {
 	f.set(func(f *fakeCloud) { f.valid = "" })
 	clock.Add(2 * time.Second)
 	err = listPorts(ctx, n)
-	if c, _ := CauseOf(err); c != CauseKeystoneUnreachable || !strings.Contains(err.Error(), "Keystone is unreachable") {
+	if c, _ := cause.Of(err); c != cause.KeystoneUnreachable || !strings.Contains(err.Error(), ") is unreachable") {
 		t.Fatalf("Keystone closed: %v (cause %q), want keystone_unreachable", err, c)
 	}
 }
 
 // TestClassify maps what Neutron answers to causes.
 func TestClassify(t *testing.T) {
-	tests := map[int]Cause{
-		http.StatusForbidden:           CauseForbidden,
-		http.StatusInternalServerError: CauseServerError,
-		http.StatusServiceUnavailable:  CauseServerError,
-		http.StatusTooManyRequests:     CauseServerError,
-		http.StatusBadRequest:          CauseBadResponse,
-		http.StatusNotFound:            CauseBadResponse,
+	tests := map[int]cause.Cause{
+		http.StatusForbidden:           cause.Forbidden,
+		http.StatusInternalServerError: cause.ServerError,
+		http.StatusServiceUnavailable:  cause.ServerError,
+		http.StatusTooManyRequests:     cause.ServerError,
+		http.StatusBadRequest:          cause.BadResponse,
+		http.StatusNotFound:            cause.BadResponse,
 	}
 	f := newFakeCloud(t)
 	n, err := New(Options{Cloud: "lab"})
@@ -259,7 +261,7 @@ func TestClassify(t *testing.T) {
 	for code, want := range tests {
 		f.set(func(f *fakeCloud) { f.neutronCode = code })
 		err := listPorts(context.Background(), n)
-		if got, _ := CauseOf(err); got != want || !strings.Contains(err.Error(), fmt.Sprint(code)) {
+		if got, _ := cause.Of(err); got != want || !strings.Contains(err.Error(), fmt.Sprint(code)) {
 			t.Errorf("HTTP %d: %v (cause %q), want %q", code, err, got, want)
 		}
 	}
@@ -271,13 +273,13 @@ func TestClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := listPorts(context.Background(), c); !causeIs(err, CauseUnreachable) {
+	if err := listPorts(context.Background(), c); !causeIs(err, cause.Unreachable) {
 		t.Errorf("closed port: %v, want unreachable", err)
 	}
 	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
 	defer tlsSrv.Close()
 	c, _ = New(Options{NeutronURL: tlsSrv.URL})
-	if err := listPorts(context.Background(), c); !causeIs(err, CauseTLS) || !strings.Contains(err.Error(), "cacert") {
+	if err := listPorts(context.Background(), c); !causeIs(err, cause.TLS) || !strings.Contains(err.Error(), "cacert") {
 		t.Errorf("untrusted certificate: %v, want tls", err)
 	}
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
@@ -285,16 +287,16 @@ func TestClassify(t *testing.T) {
 	c, _ = New(Options{NeutronURL: slow.URL})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := listPorts(ctx, c); !causeIs(err, CauseTimeout) {
+	if err := listPorts(ctx, c); !causeIs(err, cause.Timeout) {
 		t.Errorf("no answer: %v, want timeout", err)
 	}
-	if err := Classify(errors.New("json: cannot unmarshal"), false); err.Cause != CauseBadResponse {
+	if err := cause.Neutron(errors.New("json: cannot unmarshal"), false); err.Cause != cause.BadResponse {
 		t.Errorf("decode error: %v, want bad_response", err)
 	}
 }
 
-func causeIs(err error, want Cause) bool {
-	c, ok := CauseOf(err)
+func causeIs(err error, want cause.Cause) bool {
+	c, ok := cause.Of(err)
 	return ok && c == want
 }
 

@@ -1,7 +1,7 @@
 // Package osclient builds the gophercloud client both services use to talk to Neutron: from a
 // clouds.yaml entry (OS_CLOUD), from the OS_* environment, or, for labs and tests that run
 // neutron-server with auth_strategy=noauth, straight from a Neutron URL. It also says why a call
-// to Neutron (or to Keystone on its behalf) failed, as one of a fixed set of causes (Cause).
+// to Neutron (or to Keystone on its behalf) failed, as one of pkg/cause's fixed set of causes.
 //
 // A Network authenticates with Keystone when it is first used, not when it is built, so that a
 // service can start, and say why it is not ready, while Keystone is down or refuses its
@@ -26,6 +26,8 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/metaproxy/metaproxy/pkg/cause"
 )
 
 // DefaultRetryAuthAfter is how long a failed authentication is returned to every caller without
@@ -165,8 +167,8 @@ func (n *Network) Keystone() string { return n.authOpts.IdentityEndpoint }
 
 // Client returns the Neutron client, authenticating with Keystone first when that has not
 // succeeded yet (one attempt at a time for all callers). A failed attempt is returned to every
-// caller for Options.RetryAuthAfter without asking again. Errors are *Error (CauseCredentials,
-// CauseKeystoneUnreachable, CauseTLS, CauseBadResponse).
+// caller for Options.RetryAuthAfter without asking again. Errors are *cause.Error (Credentials,
+// KeystoneUnreachable, TLS, or, for a catalog without a network endpoint, BadResponse).
 func (n *Network) Client(ctx context.Context) (*gophercloud.ServiceClient, error) {
 	n.mu.Lock()
 	c, failed, retryAt := n.client, n.failed, n.retryAt
@@ -207,14 +209,14 @@ func (n *Network) authenticate(ctx context.Context) (*gophercloud.ServiceClient,
 	defer cancel()
 	provider, err := openstack.NewClient(n.authOpts.IdentityEndpoint)
 	if err != nil {
-		return nil, &Error{Cause: CauseCredentials, Err: fmt.Errorf("keystone endpoint %q of %s: %w", n.authOpts.IdentityEndpoint, n.source, err)}
+		return nil, &cause.Error{Cause: cause.Credentials, Err: fmt.Errorf("keystone endpoint %q of %s: %w", n.authOpts.IdentityEndpoint, n.source, err)}
 	}
 	provider.HTTPClient = n.http
 	if n.opts.UserAgent != "" {
 		provider.UserAgent.Prepend(n.opts.UserAgent)
 	}
 	if err := openstack.Authenticate(ctx, provider, n.authOpts); err != nil {
-		return nil, keystoneError(fmt.Sprintf("authenticate with Keystone at %s (%s)", n.authOpts.IdentityEndpoint, n.source), err)
+		return nil, cause.Keystone(fmt.Sprintf("authenticate with Keystone at %s (%s)", n.authOpts.IdentityEndpoint, n.source), err)
 	}
 	reauth := provider.ReauthFunc
 	var (
@@ -237,7 +239,7 @@ func (n *Network) authenticate(ctx context.Context) (*gophercloud.ServiceClient,
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
-			failed, retryAt = keystoneError(fmt.Sprintf("re-authenticate with Keystone at %s (%s; the token expired or was revoked)", n.authOpts.IdentityEndpoint, n.source), err), n.opts.Now().Add(n.opts.RetryAuthAfter)
+			failed, retryAt = cause.Keystone(fmt.Sprintf("re-authenticate with Keystone at %s (%s; the token expired or was revoked)", n.authOpts.IdentityEndpoint, n.source), err), n.opts.Now().Add(n.opts.RetryAuthAfter)
 			return failed
 		}
 		failed = nil
@@ -248,11 +250,11 @@ func (n *Network) authenticate(ctx context.Context) (*gophercloud.ServiceClient,
 	var notFound *gophercloud.ErrEndpointNotFound
 	switch {
 	case errors.As(err, &notFound):
-		return nil, &Error{Cause: CauseBadResponse, Err: fmt.Errorf("the service catalog Keystone gave %s has no network endpoint (region %q, interface %q): check region_name and interface in %s",
+		return nil, &cause.Error{Cause: cause.BadResponse, Err: fmt.Errorf("the service catalog Keystone gave %s has no network endpoint (region %q, interface %q): check region_name and interface in %s",
 			n.who(provider), n.epOpts.Region, cmp.Or(string(n.epOpts.Availability), "public"), n.source)}
 	case err != nil:
-		e := Classify(err, false)
-		return nil, &Error{Cause: e.Cause, Err: fmt.Errorf("ask the catalog's network endpoint for Neutron's API versions: %w", e.Err)}
+		e := cause.Neutron(err, false)
+		return nil, &cause.Error{Cause: e.Cause, Err: fmt.Errorf("ask the catalog's network endpoint for Neutron's API versions: %w", e.Err)}
 	}
 	n.mu.Lock()
 	n.provider = provider
