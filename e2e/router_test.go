@@ -40,7 +40,7 @@ func routerMode(t *testing.T, ctx context.Context, e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	neutron := resolve.NewNeutron(e.extprocClient(t, ctx), resolve.NeutronOptions{RouterNetworksTTL: time.Minute})
+	neutron := resolve.NewNeutron(resolve.FixedClient{C: e.extprocClient(t, ctx)}, resolve.NeutronOptions{RouterNetworksTTL: time.Minute})
 	behindRouter := func(ip string) (resolve.Instance, error) {
 		return neutron.Resolve(ctx, resolve.Query{Scope: resolve.Scope{Kind: resolve.KindRouter, ID: r.ID}, Addr: netip.MustParseAddr(ip)})
 	}

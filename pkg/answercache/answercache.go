@@ -5,8 +5,12 @@
 // lookups per TTL. It is bounded (LRU), TTL'd and coalescing (one resolver call per key at a time).
 //
 // Answers are kept for TTL (positive) or NegativeTTL (no such port, several ports). When the source
-// is unavailable, an answer younger than TTL+StaleWindow is served instead of an error, and the
-// source is not asked again for RetryAfterFailure.
+// is down or overloaded (resolve.MayServeStale: unreachable, timeout, 5xx, Keystone unreachable),
+// an answer younger than TTL+StaleWindow is served instead of an error, and the source is not
+// asked again for RetryAfterFailure. When it is up and refuses (credentials, policy) or answers
+// nonsense, no old answer is served: the address may meanwhile belong to another VM. A failure
+// with nothing to stand in for it is remembered for RetryAfterFailure, so that the retries of
+// every VM are not each another Neutron call.
 package answercache
 
 import (
@@ -26,7 +30,7 @@ import (
 type Outcome uint8
 
 const (
-	// Hit is a fresh cached answer.
+	// Hit is a fresh cached answer (a negative one, or a failure remembered for RetryAfterFailure).
 	Hit Outcome = iota + 1
 	// Miss asked the resolver.
 	Miss
@@ -55,12 +59,25 @@ func (o Outcome) String() string {
 // DefaultSize is the number of entries a Cache holds when Options.Size is not set.
 const DefaultSize = 100000
 
+// Stale window bounds: the default covers a neutron-server restart or a database failover; the cap
+// bounds how old an identity may be when it is signed (TTL + StaleWindow), whatever the
+// configuration says. docs/operations.md says what an operator trades.
+const (
+	DefaultStaleWindow = time.Minute
+	MaxStaleWindow     = 10 * time.Minute
+)
+
+// DefaultRetryAfterFailure is how long a failed lookup is not retried when
+// Options.RetryAfterFailure is zero: a cloud-init retry (1 s, then longer) finds the failure, not
+// another Neutron call.
+const DefaultRetryAfterFailure = 2 * time.Second
+
 // Options tune a Cache. Zero values take the defaults.
 type Options struct {
 	TTL               time.Duration // positive answers; default 10s
 	NegativeTTL       time.Duration // not found / ambiguous; default 2s
-	StaleWindow       time.Duration // how long past TTL an answer may stand in for an unavailable source; default 5m
-	RetryAfterFailure time.Duration // after a failed refresh, serve stale without asking again for this long; default 1s
+	StaleWindow       time.Duration // how long past TTL an answer may stand in for a source that is down; default DefaultStaleWindow, at most MaxStaleWindow, negative: none
+	RetryAfterFailure time.Duration // after a failed refresh, serve stale or the failure without asking again for this long; default DefaultRetryAfterFailure
 	Size              int           // maximum entries (LRU); default DefaultSize
 	// OnEvict is called (with the cache's lock held: keep it cheap) when the LRU evicts an entry to make room.
 	OnEvict func()
@@ -75,13 +92,16 @@ func (o *Options) setDefaults() {
 	if o.NegativeTTL <= 0 {
 		o.NegativeTTL = 2 * time.Second
 	}
-	if o.StaleWindow < 0 {
+	switch {
+	case o.StaleWindow < 0:
 		o.StaleWindow = 0
-	} else if o.StaleWindow == 0 {
-		o.StaleWindow = 5 * time.Minute
+	case o.StaleWindow == 0:
+		o.StaleWindow = DefaultStaleWindow
+	case o.StaleWindow > MaxStaleWindow:
+		o.StaleWindow = MaxStaleWindow
 	}
 	if o.RetryAfterFailure <= 0 {
-		o.RetryAfterFailure = time.Second
+		o.RetryAfterFailure = DefaultRetryAfterFailure
 	}
 	if o.Size <= 0 {
 		o.Size = DefaultSize
@@ -107,8 +127,10 @@ type key struct {
 // times are offsets from the cache's epoch: with 100k entries every byte counts a hundred
 // thousand times. An entry may stand in for an unavailable source until expires+StaleWindow.
 type entry[V any] struct {
-	val     V
-	err     error // resolve.ErrNotFound, *resolve.AmbiguousError or a Build error: cached negative answers
+	val V
+	// err is a cached negative answer (resolve.ErrNotFound, *resolve.AmbiguousError, a Build
+	// error), or a remembered failure (resolve.ErrUnavailable), which is never an answer.
+	err     error
 	expires time.Duration
 	retryAt time.Duration // zero unless the last refresh failed
 }
@@ -121,6 +143,8 @@ type Cache[V any] struct {
 	epoch time.Time // entry times are offsets from it (monotonic when Now is time.Now)
 	lru   *lru[V]
 	group singleflight.Group
+
+	waiting func() // tests: called once a caller waits on a flight (started or joined)
 }
 
 // New returns a Cache over r that stores build's result for each resolved instance.
@@ -129,8 +153,14 @@ func New[V any](r resolve.Resolver, build Build[V], opt Options) *Cache[V] {
 	return &Cache[V]{r: r, build: build, opt: opt, epoch: opt.Now(), lru: newLRU[V](opt.Size, opt.OnEvict)}
 }
 
-// Len returns the number of cached answers.
+// Len returns the number of cached answers (and remembered failures).
 func (c *Cache[V]) Len() int { return c.lru.len() }
+
+// Evict forgets q's answer, so that the next lookup asks the resolver: for an answer that turned
+// out wrong (nova does not know the instance it names).
+func (c *Cache[V]) Evict(q resolve.Query) {
+	c.lru.remove(key{kind: q.Scope.Kind, id: unique.Make(q.Scope.ID), addr: q.Addr})
+}
 
 // Lookup returns the cached value for q, asking the resolver when needed. The error is the
 // resolver's (possibly cached) error; errors.Is(err, resolve.ErrUnavailable) when no answer could be had.
@@ -157,6 +187,9 @@ func (c *Cache[V]) Lookup(ctx context.Context, q resolve.Query) (V, Outcome, err
 		}
 		return c.refresh(ctx, q, k), nil
 	})
+	if c.waiting != nil {
+		c.waiting()
+	}
 	select {
 	case res := <-ch:
 		got := res.Val.(result[V])
@@ -196,15 +229,25 @@ func (c *Cache[V]) refresh(ctx context.Context, q resolve.Query, k key) result[V
 	case errors.Is(err, resolve.ErrNotFound) || errors.As(err, &ambiguous):
 		return c.negative(k, now, err)
 	}
-	// The source failed: fall back on a previous answer still inside its stale window.
-	if old, ok := c.lru.peek(k); ok && now < c.staleUntil(old) {
+	// The source is down: fall back on a previous answer still inside its stale window.
+	if old, ok := c.lru.peek(k); ok && resolve.MayServeStale(err) && isAnswer(old) && now < c.staleUntil(old) {
 		held := old
 		held.retryAt = now + c.opt.RetryAfterFailure
 		c.lru.add(k, held)
 		return result[V]{val: old.val, outcome: Stale, err: old.err}
 	}
+	// Nothing may stand in: remember the failure for a moment. It replaces any older answer,
+	// which must not be served again when Neutron is up and refuses (it may have given the
+	// address to another VM since).
+	c.lru.add(k, entry[V]{err: err, expires: now + c.opt.RetryAfterFailure})
 	var zero V
 	return result[V]{val: zero, outcome: Miss, err: err}
+}
+
+// isAnswer reports whether e is an answer of the source (positive or negative), not a remembered
+// failure.
+func isAnswer[V any](e entry[V]) bool {
+	return e.err == nil || !errors.Is(e.err, resolve.ErrUnavailable)
 }
 
 // negative caches err for k for NegativeTTL.

@@ -13,15 +13,20 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
-// fakeResolver answers from a function and counts calls; gate, when set, blocks every call until closed.
+// fakeResolver answers from a function and counts calls; gate, when set, blocks every call until
+// closed; entered, when set, receives a value as each call starts.
 type fakeResolver struct {
-	calls atomic.Int64
-	gate  chan struct{}
-	fn    func(q resolve.Query) (resolve.Instance, error)
+	calls   atomic.Int64
+	gate    chan struct{}
+	entered chan struct{}
+	fn      func(q resolve.Query) (resolve.Instance, error)
 }
 
 func (f *fakeResolver) Resolve(ctx context.Context, q resolve.Query) (resolve.Instance, error) {
 	f.calls.Add(1)
+	if f.entered != nil {
+		f.entered <- struct{}{}
+	}
 	if f.gate != nil {
 		select {
 		case <-f.gate:
@@ -59,6 +64,25 @@ func newCacheBuild(t *testing.T, r resolve.Resolver, c *clock, opt Options, buil
 	t.Helper()
 	opt.Now = c.now
 	return New(r, build, opt)
+}
+
+// waiters makes c count the callers waiting on a flight, and returns a function that blocks until
+// n have.
+func waiters(c *Cache[string]) func(n int64) {
+	var count atomic.Int64
+	more := make(chan struct{}, 1)
+	c.waiting = func() {
+		count.Add(1)
+		select {
+		case more <- struct{}{}:
+		default:
+		}
+	}
+	return func(n int64) {
+		for count.Load() < n {
+			<-more
+		}
+	}
 }
 
 func mustLookup(t *testing.T, c *Cache[string], q resolve.Query, wantVal string, wantOutcome Outcome) {
@@ -177,14 +201,16 @@ func TestUnavailableSourceServesStaleThenFails(t *testing.T) {
 	if _, _, err := c.Lookup(context.Background(), query("10.0.0.5")); !errors.Is(err, resolve.ErrUnavailable) {
 		t.Fatalf("past the stale window: err = %v, want ErrUnavailable", err)
 	}
-	// The source comes back: fresh answers again.
+	// The source comes back: fresh answers again once the failure is no longer remembered.
 	down.Store(false)
+	clk.add(time.Second)
 	mustLookup(t, c, query("10.0.0.5"), "vm-10.0.0.5", Miss)
 }
 
 func TestConcurrentMissesAreCoalesced(t *testing.T) {
 	r := &fakeResolver{fn: byIP, gate: make(chan struct{})}
 	c := newCache(t, r, &clock{t: time.Unix(1000, 0)}, Options{})
+	waitFor := waiters(c)
 	const n = 50
 	outcomes := make(chan Outcome, n)
 	var wg sync.WaitGroup
@@ -197,10 +223,7 @@ func TestConcurrentMissesAreCoalesced(t *testing.T) {
 			outcomes <- o
 		})
 	}
-	for r.calls.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond) // let the other callers join the flight
+	waitFor(n) // every caller waits on the one flight the gate holds
 	close(r.gate)
 	wg.Wait()
 	close(outcomes)
@@ -211,19 +234,18 @@ func TestConcurrentMissesAreCoalesced(t *testing.T) {
 	if r.calls.Load() != 1 {
 		t.Fatalf("resolver calls = %d for %d concurrent misses, want 1", r.calls.Load(), n)
 	}
-	if count[Miss] != 1 || count[Miss]+count[Coalesced]+count[Hit] != n || count[Coalesced] == 0 {
-		t.Fatalf("outcomes %v", count)
+	if count[Miss] != 1 || count[Coalesced] != n-1 {
+		t.Fatalf("outcomes %v, want 1 miss and %d coalesced", count, n-1)
 	}
 }
 
-// TestBootStorm is the product promise: N VMs each fetching M paths at once cost N lookups.
+// TestBootStorm is the product promise: N VMs each fetching M paths at once cost N lookups. Neutron
+// (the gate) answers once every request waits.
 func TestBootStorm(t *testing.T) {
 	const vms, paths = 40, 12
-	r := &fakeResolver{fn: func(q resolve.Query) (resolve.Instance, error) {
-		time.Sleep(5 * time.Millisecond) // a Neutron round trip
-		return byIP(q)
-	}}
+	r := &fakeResolver{fn: byIP, gate: make(chan struct{})}
 	c := newCache(t, r, &clock{t: time.Unix(1000, 0)}, Options{})
+	waitFor := waiters(c)
 	var wg sync.WaitGroup
 	for vm := range vms {
 		for range paths {
@@ -235,23 +257,25 @@ func TestBootStorm(t *testing.T) {
 			})
 		}
 	}
+	waitFor(vms * paths)
+	close(r.gate)
 	wg.Wait()
-	if got := r.calls.Load(); got > vms {
-		t.Fatalf("%d Neutron lookups for %d VMs x %d paths, want at most %d", got, vms, paths, vms)
+	if got := r.calls.Load(); got != vms {
+		t.Fatalf("%d Neutron lookups for %d VMs x %d paths, want %d", got, vms, paths, vms)
 	}
 }
 
 func TestImpatientCallerDoesNotFailOthers(t *testing.T) {
-	r := &fakeResolver{fn: byIP, gate: make(chan struct{})}
+	r := &fakeResolver{fn: byIP, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
 	c := newCache(t, r, &clock{t: time.Unix(1000, 0)}, Options{})
+	waitFor := waiters(c)
 	ctx, cancel := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() { _, _, err := c.Lookup(ctx, query("10.0.0.5")); first <- err }()
-	for r.calls.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	<-r.entered
 	second := make(chan string, 1)
 	go func() { v, _, _ := c.Lookup(context.Background(), query("10.0.0.5")); second <- v }()
+	waitFor(2) // the second caller joined the flight the first one started
 	cancel()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled caller: err = %v", err)

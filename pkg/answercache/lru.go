@@ -72,6 +72,16 @@ func (l *lru[V]) add(k key, e entry[V]) {
 	l.pushFront(n)
 }
 
+// remove forgets k.
+func (l *lru[V]) remove(k key) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n, ok := l.items[k]; ok {
+		l.unlink(n)
+		delete(l.items, k)
+	}
+}
+
 func (l *lru[V]) len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/metaproxy/metaproxy/pkg/answercache"
+	"github.com/metaproxy/metaproxy/pkg/cause"
 	"github.com/metaproxy/metaproxy/pkg/request"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -128,7 +129,10 @@ func (d *Decider) novaVerdict(ctx context.Context, dec Decision, status int) {
 	case status == http.StatusForbidden:
 		d.log.LogAttrs(ctx, slog.LevelError, "nova refused the signature: the shared secret of metaproxy differs from nova's [neutron] metadata_proxy_shared_secret; change both together (docs/operations.md)", attrs...)
 	case status == http.StatusNotFound:
-		d.log.LogAttrs(ctx, slog.LevelWarn, "nova does not know this instance in this project: the port's device_id is not a nova instance, or its project differs", attrs...)
+		// The answer just cached names an instance nova does not serve: it is not kept, so the
+		// next request asks Neutron again (the port may be changing hands).
+		d.cache.Evict(dec.Query)
+		d.log.LogAttrs(ctx, slog.LevelWarn, "nova does not know this instance in this project: the port's device_id is not a nova instance, or its project differs; the cached answer is dropped", attrs...)
 	case status >= 500:
 		d.log.LogAttrs(ctx, slog.LevelWarn, "nova failed to answer a signed request", attrs...)
 	}
@@ -146,7 +150,12 @@ func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
 		return
 	}
 	level := slog.LevelInfo
-	if dec.Status >= 500 {
+	switch {
+	case errors.Is(dec.Err, resolve.ErrUnavailable):
+		// Every distinct Neutron or Keystone failure is logged once where it happens (cmd/extproc's
+		// readiness); per request it is detail.
+		level = slog.LevelDebug
+	case dec.Status >= 500:
 		level = slog.LevelWarn
 	}
 	attrs := dec.LogAttrs()
@@ -190,13 +199,31 @@ func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.Pro
 		return Immediate(dec.Status, "Several ports own this address; the operator must fix the ports"), dec
 	case errors.Is(err, resolve.ErrUnavailable):
 		dec.Status = http.StatusServiceUnavailable
-		return Immediate(dec.Status, "Neutron is unreachable: the metadata proxy cannot identify this instance right now; retry later"), dec
+		return Immediate(dec.Status, unavailableBody(err)), dec
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		dec.Status = http.StatusGatewayTimeout
 		return Immediate(dec.Status, "Timed out identifying this instance; retry later"), dec
 	default:
 		dec.Status = http.StatusInternalServerError
 		return Immediate(dec.Status, "Internal error identifying this instance"), dec
+	}
+}
+
+// unavailableBody is what a VM is told when no answer could be had, by cause (never a detail that
+// names the operator's hosts or users).
+func unavailableBody(err error) string {
+	c, _ := cause.Of(err)
+	switch c {
+	case cause.KeystoneUnreachable:
+		return "Keystone is unreachable: the metadata proxy cannot authenticate to Neutron to identify this instance right now; retry later"
+	case cause.Credentials, cause.Forbidden:
+		return "Neutron refuses the metadata proxy's credentials: it cannot identify this instance until the operator fixes them"
+	case cause.TLS:
+		return "The metadata proxy does not trust the certificate of Neutron or Keystone: it cannot identify this instance until the operator fixes it"
+	case cause.BadResponse:
+		return "Neutron's answer could not be used: the metadata proxy cannot identify this instance right now; retry later"
+	default:
+		return "Neutron is unreachable: the metadata proxy cannot identify this instance right now; retry later"
 	}
 }
 

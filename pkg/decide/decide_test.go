@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/metaproxy/metaproxy/pkg/answercache"
+	"github.com/metaproxy/metaproxy/pkg/cause"
 	"github.com/metaproxy/metaproxy/pkg/contract"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/sign"
@@ -109,6 +110,63 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.9:2"))
 	if resp.GetImmediateResponse() == nil || check != nil {
 		t.Errorf("not found: %v, check %v", resp, check != nil)
+	}
+}
+
+// TestNova404EvictsTheAnswer: nova answering 404 to the request that filled the cache drops the
+// answer, so that the next request asks the resolver again instead of signing it for the TTL.
+func TestNova404EvictsTheAnswer(t *testing.T) {
+	d := newDecider(t)
+	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	_, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
+	if check == nil {
+		t.Fatal("the fill did not ask for nova's verdict")
+	}
+	check(context.Background(), http.StatusNotFound)
+	if n := d.CacheLen(); n != 0 {
+		t.Fatalf("%d answers cached after nova's 404, want 0", n)
+	}
+	if _, dec := d.Decide(context.Background(), md, req("10.0.0.5:2")); dec.Outcome != answercache.Miss {
+		t.Errorf("next request: outcome %s, want miss", dec.Outcome)
+	}
+	_, check = d.RequestHeaders(context.Background(), md, req("10.0.0.6:1"))
+	if check != nil {
+		t.Fatal("a not-found answer asked for nova's verdict")
+	}
+	_, check = d.RequestHeaders(context.Background(), md, req("10.0.0.5:3"))
+	if check != nil {
+		t.Fatal("a hit asked for nova's verdict")
+	}
+}
+
+// failing fails every lookup with err.
+type failing struct{ err error }
+
+func (f failing) Resolve(context.Context, resolve.Query) (resolve.Instance, error) {
+	return resolve.Instance{}, f.err
+}
+
+// TestUnavailableBodyNamesTheCause: the VM's 503 says whether Neutron is down, Keystone is down
+// or the credentials are refused, without naming hosts or users.
+func TestUnavailableBodyNamesTheCause(t *testing.T) {
+	tests := map[cause.Cause]string{
+		cause.Unreachable:         "Neutron is unreachable",
+		cause.ServerError:         "Neutron is unreachable",
+		cause.KeystoneUnreachable: "Keystone is unreachable",
+		cause.Credentials:         "refuses the metadata proxy's credentials",
+		cause.Forbidden:           "refuses the metadata proxy's credentials",
+		cause.TLS:                 "does not trust the certificate",
+	}
+	s, _ := sign.New([]byte("s3cr3t"))
+	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	for c, want := range tests {
+		err := fmt.Errorf("resolve: %w: %w", resolve.ErrUnavailable, &cause.Error{Cause: c, Err: fmt.Errorf("secret-host.example as user metaproxy")})
+		d, _ := New(failing{err}, s, answercache.Options{}, slog.New(slog.DiscardHandler))
+		resp, dec := d.Decide(context.Background(), md, req("10.0.0.5:1"))
+		body := string(resp.GetImmediateResponse().GetBody())
+		if dec.Status != http.StatusServiceUnavailable || !strings.Contains(body, want) || strings.Contains(body, "secret-host") {
+			t.Errorf("%s: %d %q, want 503 saying %q", c, dec.Status, body, want)
+		}
 	}
 }
 

@@ -105,7 +105,7 @@ func newTraced(t *testing.T, neutron *fakeNeutron) *traced {
 		t.Fatal(err)
 	}
 	logs := &bytes.Buffer{}
-	d, err := decide.New(resolve.NewNeutron(client, resolve.NeutronOptions{}), s, answercache.Options{}, slog.New(slog.NewTextHandler(logs, nil)),
+	d, err := decide.New(resolve.NewNeutron(resolve.FixedClient{C: client}, resolve.NeutronOptions{}), s, answercache.Options{}, slog.New(slog.NewTextHandler(logs, nil)),
 		decide.WithTracing(tp))
 	if err != nil {
 		t.Fatal(err)

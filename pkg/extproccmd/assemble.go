@@ -16,6 +16,7 @@ import (
 	"github.com/metaproxy/metaproxy/pkg/resolve/demo"
 	"github.com/metaproxy/metaproxy/pkg/sign"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
+	"github.com/metaproxy/metaproxy/pkg/version"
 )
 
 // demoSecret signs in --demo mode when no secret is configured. It is public: never use it with nova.
@@ -62,7 +63,7 @@ func assemble(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool
 		return nil, err
 	}
 
-	w := &service{signer: signer, secretFrom: secretFrom, ready: &readiness{cacheCover: cfg.Cache.TTL + cfg.Cache.StaleWindow}}
+	w := &service{signer: signer, secretFrom: secretFrom, ready: &readiness{cacheCover: cfg.Cache.TTL + cfg.Cache.StaleWindow, log: log}}
 	var (
 		r           resolve.Resolver
 		sourceLabel string
@@ -83,23 +84,26 @@ func assemble(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool
 		r, w.source, sourceLabel = pf, "ports file "+cfg.PortsFile, "ports_file"
 		w.ready.markOK(time.Now())
 	default:
-		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL}
+		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: cfg.NeutronTimeout,
+			MaxIdleConnsPerHost: cfg.NeutronMaxConcurrent, UserAgent: "metaproxy-extproc/" + version.String()}
 		if tel != nil && tel.Tracing {
 			// Every Neutron request becomes a client span, child of the cache lookup that needed it.
 			o.WrapTransport = func(base http.RoundTripper) http.RoundTripper {
 				return telemetry.HTTPTransport(base, tel.TracerProvider, tel.Propagator, "neutron")
 			}
 		}
-		client, err := osclient.NewNetworkClient(ctx, o)
+		// Keystone is asked on first use: with Keystone down or the credentials refused, the
+		// service starts and /readyz says why.
+		network, err := osclient.New(o)
 		if err != nil {
 			if errors.Is(err, osclient.ErrNoCredentials) {
 				return nil, fmt.Errorf("no port source: give --ports-file, --os-cloud, --neutron-url or --demo (%w)", err)
 			}
 			return nil, err
 		}
-		neutron := resolve.NewNeutron(client, resolve.NeutronOptions{Timeout: cfg.NeutronTimeout, RouterNetworksTTL: cfg.Cache.TTL})
-		r, w.source, sourceLabel = readinessResolver{r: neutron, ready: w.ready}, "neutron at "+client.Endpoint, "neutron"
-		w.ready.probe = func(ctx context.Context) error { return probeNeutron(ctx, client, cfg.NeutronTimeout) }
+		neutron := resolve.NewNeutron(network, resolve.NeutronOptions{Timeout: cfg.NeutronTimeout, MaxConcurrent: cfg.NeutronMaxConcurrent, RouterNetworksTTL: cfg.Cache.TTL})
+		r, w.source, sourceLabel = readinessResolver{r: neutron, ready: w.ready}, "neutron with "+network.Source(), "neutron"
+		w.ready.probe = func(ctx context.Context) (error, error) { return probeNeutron(ctx, network, cfg.NeutronTimeout) }
 	}
 	var opts []decide.Option
 	if tel != nil {

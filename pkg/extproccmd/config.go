@@ -12,8 +12,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/extproc"
 	"github.com/metaproxy/metaproxy/pkg/listen"
+	"github.com/metaproxy/metaproxy/pkg/resolve"
 	"github.com/metaproxy/metaproxy/pkg/secretfile"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
 )
@@ -41,7 +43,10 @@ type Config struct {
 	OSCloud        string        `yaml:"os_cloud"`
 	NeutronURL     string        `yaml:"neutron_url"`
 	NeutronTimeout time.Duration `yaml:"neutron_timeout"`
-	Demo           bool          `yaml:"-"`
+	// NeutronMaxConcurrent caps the Neutron lookups in flight at once (and sizes the pool of idle
+	// connections to Neutron).
+	NeutronMaxConcurrent int  `yaml:"neutron_max_concurrent"`
+	Demo                 bool `yaml:"-"`
 
 	Cache CacheConfig `yaml:"cache"`
 
@@ -76,14 +81,15 @@ const SecretEnv = "METAPROXY_SHARED_SECRET"
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Listen:         "unix:///run/metaproxy/extproc.sock",
-		AdminListen:    "127.0.0.1:9102",
-		AllowedPeers:   slices.Clone(listen.DefaultPeers),
-		NeutronTimeout: 3 * time.Second,
-		Cache:          CacheConfig{TTL: 10 * time.Second, NegativeTTL: 2 * time.Second, StaleWindow: 5 * time.Minute, Size: 100000},
-		ShutdownGrace:  extproc.DefaultShutdownGrace,
-		LogFormat:      "text",
-		LogLevel:       "info",
+		Listen:               "unix:///run/metaproxy/extproc.sock",
+		AdminListen:          "127.0.0.1:9102",
+		AllowedPeers:         slices.Clone(listen.DefaultPeers),
+		NeutronTimeout:       3 * time.Second,
+		NeutronMaxConcurrent: resolve.DefaultNeutronMaxConcurrent,
+		Cache:                CacheConfig{TTL: 10 * time.Second, NegativeTTL: 2 * time.Second, StaleWindow: answercache.DefaultStaleWindow, Size: 100000},
+		ShutdownGrace:        extproc.DefaultShutdownGrace,
+		LogFormat:            "text",
+		LogLevel:             "info",
 	}
 }
 
@@ -101,11 +107,12 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.PortsFile, "ports-file", c.PortsFile, "resolve from a `file` holding the JSON body of Neutron's GET /v2.0/ports, re-read when it changes (labs, tests)")
 	fs.StringVar(&c.OSCloud, "os-cloud", c.OSCloud, "resolve through Neutron with this clouds.yaml `entry` (default: $OS_CLOUD, else the OS_* variables); needs a role that sees every project's ports")
 	fs.StringVar(&c.NeutronURL, "neutron-url", c.NeutronURL, "resolve through a Neutron that needs no token (auth_strategy = noauth) at this `URL`, e.g. http://127.0.0.1:9696/")
-	fs.DurationVar(&c.NeutronTimeout, "neutron-timeout", c.NeutronTimeout, "bound on one port lookup in Neutron; keep it under the listener's ext_proc message_timeout")
+	fs.DurationVar(&c.NeutronTimeout, "neutron-timeout", c.NeutronTimeout, "bound on one port lookup in Neutron (waiting for a call slot and a Keystone token included); keep it under the listener's ext_proc message_timeout")
+	fs.IntVar(&c.NeutronMaxConcurrent, "neutron-max-concurrent", c.NeutronMaxConcurrent, "most Neutron lookups in flight at once, for all VMs together (more wait, within --neutron-timeout); as many idle connections to Neutron are kept")
 	fs.BoolVar(&c.Demo, "demo", c.Demo, "resolve from the embedded demo ports (two networks, three VMs; see pkg/resolve/demo) with a demo secret unless one is given, and allow a plain-text TCP --listen; never in production")
 	fs.DurationVar(&c.Cache.TTL, "cache-ttl", c.Cache.TTL, "how long a resolved port is trusted before Neutron is asked again")
 	fs.DurationVar(&c.Cache.NegativeTTL, "cache-negative-ttl", c.Cache.NegativeTTL, "how long 'no such port' (404) and 'several ports' (500) answers are kept")
-	fs.DurationVar(&c.Cache.StaleWindow, "cache-stale-window", c.Cache.StaleWindow, "while Neutron is unreachable, answers up to this much older than their TTL are still served (0 disables)")
+	fs.DurationVar(&c.Cache.StaleWindow, "cache-stale-window", c.Cache.StaleWindow, "while Neutron or Keystone is unreachable (not when they refuse the credentials), answers up to this much older than their TTL are still served (0 disables; at most "+answercache.MaxStaleWindow.String()+"; docs/operations.md says what it trades)")
 	fs.IntVar(&c.Cache.Size, "cache-size", c.Cache.Size, "maximum cached (network, address) answers; the least recently used go first")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "after SIGTERM, how long streams in flight may finish before the rest are cut; keep it below the service manager's stop timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds) less 5s for the last spans")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: `text` or json")
@@ -134,8 +141,11 @@ func (c Config) Validate() error {
 	if c.Cache.TTL <= 0 || c.Cache.NegativeTTL <= 0 {
 		errs = append(errs, errors.New("--cache-ttl and --cache-negative-ttl must be positive"))
 	}
-	if c.Cache.StaleWindow < 0 {
-		errs = append(errs, errors.New("--cache-stale-window must not be negative"))
+	if c.Cache.StaleWindow < 0 || c.Cache.StaleWindow > answercache.MaxStaleWindow {
+		errs = append(errs, fmt.Errorf("--cache-stale-window %s: want 0 (off) to %s: an identity older than that must not be signed (docs/operations.md)", c.Cache.StaleWindow, answercache.MaxStaleWindow))
+	}
+	if c.NeutronMaxConcurrent <= 0 {
+		errs = append(errs, errors.New("--neutron-max-concurrent must be positive"))
 	}
 	if c.Cache.Size <= 0 {
 		errs = append(errs, errors.New("--cache-size must be positive"))

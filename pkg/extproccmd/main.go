@@ -168,7 +168,7 @@ func serve(ctx context.Context, cfg Config, sec *listenerSecurity, w *service, t
 // MetricNames lists every metric family cmd/extproc exports on /metrics besides the Go runtime's
 // (go_*) and the process's (process_*).
 func MetricNames() []string {
-	return append(decide.MetricNames(), extproc.MetricStreams, extproc.MetricStreamsInFlight, extproc.MetricPanics, MetricReady, MetricPortSourceLastUpSecs, MetricConnectionsRefused)
+	return append(decide.MetricNames(), extproc.MetricStreams, extproc.MetricStreamsInFlight, extproc.MetricPanics, MetricReady, MetricPortSourceLastUpSecs, MetricConnectionsRefused, MetricNeutronFailures)
 }
 
 func tracingState(tel *telemetry.Telemetry) string {

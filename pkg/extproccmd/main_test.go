@@ -123,12 +123,28 @@ type running struct {
 	stop   func() // stops Main and fails the test if it returned an error; idempotent
 }
 
-// run starts Main with args plus, unless they give them, a UNIX socket to listen on and the demo
-// ports file (not with --demo); always an admin listener on 127.0.0.1:0 and JSON logs. It returns
-// once /readyz answers 200; Main stops when the test ends. The addresses are read from the "extproc
-// started" line, which Main writes once both listeners are bound and before anything serves or
-// reports ready: no port is picked by closing a listener and hoping it stays free.
+// run is start, returning once /readyz answers 200.
 func run(t *testing.T, args ...string) *running {
+	t.Helper()
+	r := start(t, args...)
+	waitFor(t, func() bool {
+		resp, err := http.Get("http://" + r.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return r
+}
+
+// start starts Main with args plus, unless they give them, a UNIX socket to listen on and the
+// demo ports file (not with --demo or --os-cloud); always an admin listener on 127.0.0.1:0 and
+// JSON logs. It returns once both listeners are bound; Main stops when the test ends. The addresses
+// are read from the "extproc started" line, which Main writes once both listeners are bound and
+// before anything serves or reports ready: no port is picked by closing a listener and hoping it
+// stays free.
+func start(t *testing.T, args ...string) *running {
 	t.Helper()
 	t.Setenv(SecretEnv, testSecret)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
@@ -136,7 +152,7 @@ func run(t *testing.T, args ...string) *running {
 	if !slices.Contains(args, "--listen") {
 		args = append(args, "--listen", "unix://"+filepath.Join(t.TempDir(), "extproc.sock"))
 	}
-	if !slices.Contains(args, "--demo") && !slices.Contains(args, "--ports-file") {
+	if !slices.Contains(args, "--demo") && !slices.Contains(args, "--ports-file") && !slices.Contains(args, "--os-cloud") {
 		args = append(args, "--ports-file", writeFile(t, "ports.json", string(demo.Ports())))
 	}
 	args = append(args, "--admin-listen", "127.0.0.1:0", "--log-format", "json")
@@ -173,14 +189,6 @@ func run(t *testing.T, args ...string) *running {
 			}
 		}
 		return r.admin != ""
-	})
-	waitFor(t, func() bool {
-		resp, err := http.Get("http://" + r.admin + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
 	})
 	return r
 }

@@ -11,6 +11,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -77,28 +78,7 @@ func TestMetricsMoveWithRequests(t *testing.T) {
 	r := run(t)
 	admin, conn, ctx := r.admin, r.dial(t), context.Background()
 
-	ask := func(ip string) {
-		t.Helper()
-		sctx := metadata.AppendToOutgoingContext(ctx, contract.NetworkIDMetadata, demo.NetworkA)
-		stream, err := extprocv3.NewExternalProcessorClient(conn).Process(sctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := stream.Send(&extprocv3.ProcessingRequest{
-			Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{}},
-			Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
-				contract.SourceAddressAttribute: structpb.NewStringValue(ip + ":1234")}}},
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := stream.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		stream.CloseSend()
-		if _, err := stream.Recv(); err != io.EOF {
-			t.Fatalf("stream end: %v", err)
-		}
-	}
+	ask := func(ip string) { t.Helper(); askVM(t, ctx, conn, demo.NetworkA, ip) }
 
 	before := scrape(t, admin)
 	for _, name := range MetricNames() {
@@ -155,4 +135,31 @@ func TestMetricsMoveWithRequests(t *testing.T) {
 			t.Errorf("%s%v moved by %v, want %v", w.name, w.labels, got, w.value)
 		}
 	}
+}
+
+// askVM sends what Envoy sends for a VM request from ip on network over conn, and returns the
+// answer.
+func askVM(t *testing.T, ctx context.Context, conn *grpc.ClientConn, network, ip string) *extprocv3.ProcessingResponse {
+	t.Helper()
+	sctx := metadata.AppendToOutgoingContext(ctx, contract.NetworkIDMetadata, network)
+	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&extprocv3.ProcessingRequest{
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{}},
+		Attributes: map[string]*structpb.Struct{contract.ExtProcAttributesKey: {Fields: map[string]*structpb.Value{
+			contract.SourceAddressAttribute: structpb.NewStringValue(ip + ":1234")}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("stream end: %v", err)
+	}
+	return resp
 }

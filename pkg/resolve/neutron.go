@@ -3,7 +3,6 @@ package resolve
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,10 +14,29 @@ import (
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/ports"
 	"github.com/gophercloud/gophercloud/v2/pagination"
+
+	"github.com/metaproxy/metaproxy/pkg/cause"
 )
 
 // DefaultNeutronTimeout bounds one Resolve call against Neutron when NeutronOptions.Timeout is zero.
 const DefaultNeutronTimeout = 3 * time.Second
+
+// DefaultNeutronMaxConcurrent is the cap on concurrent Neutron lookups when
+// NeutronOptions.MaxConcurrent is zero (osclient.DefaultMaxIdleConnsPerHost is the same: as many
+// idle connections as calls).
+const DefaultNeutronMaxConcurrent = 32
+
+// NeutronClient hands out the client for each lookup, authenticating with Keystone first when it
+// has to (osclient.Network does). Its errors are *cause.Error.
+type NeutronClient interface {
+	Client(ctx context.Context) (*gophercloud.ServiceClient, error)
+}
+
+// FixedClient is a NeutronClient that is always the same ready client (a noauth Neutron, a test).
+type FixedClient struct{ C *gophercloud.ServiceClient }
+
+// Client implements NeutronClient.
+func (f FixedClient) Client(context.Context) (*gophercloud.ServiceClient, error) { return f.C, nil }
 
 // routerInterfaceOwners are the device_owner values of a router's interface ports, the ones
 // neutron-metadata-agent lists to find a router's networks (neutron_lib.constants.
@@ -40,10 +58,15 @@ func instancePortFields() []string {
 
 // NeutronOptions tunes a Neutron resolver.
 type NeutronOptions struct {
-	// Timeout bounds one Resolve call, all of its Neutron requests together (router mode may make
-	// two). Zero means DefaultNeutronTimeout. There are no retries: the cache in front of the
-	// resolver coalesces lookups and serves stale answers while Neutron is down.
+	// Timeout bounds one Resolve call: the wait for a call slot (MaxConcurrent), a token if one
+	// is needed, and all of its Neutron requests together (router mode may make two). Zero means
+	// DefaultNeutronTimeout. There are no retries: the cache in front of the resolver coalesces
+	// lookups, remembers failures and serves stale answers while Neutron is down.
 	Timeout time.Duration
+	// MaxConcurrent caps the Resolve calls that talk to Neutron at once, across all VMs: when
+	// Neutron is slow, a storm of lookups waits (within Timeout) instead of piling onto it.
+	// Zero means DefaultNeutronMaxConcurrent.
+	MaxConcurrent int
 	// RouterNetworksTTL is how long the networks of a router's interface ports are reused in
 	// router mode. Zero means DefaultRouterNetworksTTL.
 	RouterNetworksTTL time.Duration
@@ -66,26 +89,33 @@ type NeutronOptions struct {
 //
 // Errors: ErrNotFound (wrapped) when no port matches or the single match has no device_id (a port
 // that is not bound to an instance, which nova would reject anyway); *AmbiguousError (wrapped)
-// when several ports match; ErrUnavailable (wrapped) on transport errors, timeouts, any non-2xx
-// answer and unreadable bodies. Neutron answering 401 or 403 is ErrUnavailable too, with a message
-// that points the operator at the credentials. When the caller's ctx ends first the error wraps
-// both ErrUnavailable and the context's error.
+// when several ports match; ErrUnavailable (wrapped) when no answer could be had, together with an
+// *cause.Error that names the cause (cause.CauseOf): Neutron or Keystone unreachable or
+// slow, Neutron failing (5xx), credentials refused (401), a policy that forbids (403), an untrusted
+// certificate, an unusable answer, or every call slot busy. When the caller's ctx ends first the
+// error wraps both ErrUnavailable and the context's error (and no cause: nothing failed).
 type Neutron struct {
-	client  *gophercloud.ServiceClient
+	clients NeutronClient
 	timeout time.Duration
+	slots   chan struct{} // one token per Neutron call in flight
 	routers *routerNets
 }
 
 var _ Resolver = (*Neutron)(nil)
 
-// NewNeutron returns a resolver that looks ports up through client, a gophercloud network (v2.0)
-// service client.
-func NewNeutron(client *gophercloud.ServiceClient, opts NeutronOptions) *Neutron {
+// NewNeutron returns a resolver that looks ports up through the network (v2.0) service clients
+// that clients hands out.
+func NewNeutron(clients NeutronClient, opts NeutronOptions) *Neutron {
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultNeutronTimeout
 	}
-	return &Neutron{client: client, timeout: timeout, routers: newRouterNets(opts.RouterNetworksTTL, time.Now)}
+	slots := opts.MaxConcurrent
+	if slots <= 0 {
+		slots = DefaultNeutronMaxConcurrent
+	}
+	return &Neutron{clients: clients, timeout: timeout, slots: make(chan struct{}, slots),
+		routers: newRouterNets(opts.RouterNetworksTTL, time.Now)}
 }
 
 // Resolve finds the one port in q.Scope that owns q.Addr.
@@ -96,28 +126,50 @@ func (n *Neutron) Resolve(ctx context.Context, q Query) (Instance, error) {
 	}
 	callCtx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
+	what := fmt.Sprintf("resolve %s on %s", t, q.Scope)
+	select {
+	case n.slots <- struct{}{}:
+		defer func() { <-n.slots }()
+	case <-callCtx.Done():
+		// A deadline (the caller's or Timeout) passed while every slot was busy.
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return Instance{}, n.unavailable(ctx, callCtx, what, ctx.Err())
+		}
+		return Instance{}, fmt.Errorf("%s: %w: %w", what, ErrUnavailable, &cause.Error{Cause: cause.Saturated,
+			Err: fmt.Errorf("all %d Neutron call slots stayed busy until the deadline: Neutron answers slowly (raise the cap only if Neutron can take more)", cap(n.slots))})
+	}
+	client, err := n.clients.Client(callCtx)
+	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = &cause.Error{Cause: cause.KeystoneUnreachable, Err: fmt.Errorf("Keystone did not issue a token within %s: %w", n.timeout, err)}
+		}
+		return Instance{}, n.unavailable(ctx, callCtx, what+": get a token", err)
+	}
+	list := func(ctx context.Context, router string) ([]string, error) {
+		return n.routerNetworks(ctx, client, router)
+	}
 
 	if q.Scope.Kind == KindNetwork {
-		return n.resolveOn(ctx, callCtx, q, t, []string{q.Scope.ID})
+		return n.resolveOn(ctx, callCtx, client, q, t, []string{q.Scope.ID})
 	}
-	networks, listed, err := n.routers.get(callCtx, q.Scope.ID, 0, n.routerNetworks)
+	networks, listed, err := n.routers.get(callCtx, q.Scope.ID, 0, list)
 	if err != nil {
-		return Instance{}, n.unavailable(ctx, callCtx, fmt.Sprintf("resolve %s on %s: list the router's interface ports", t, q.Scope), err)
+		return Instance{}, n.unavailable(ctx, callCtx, what+": list the router's interface ports", err)
 	}
-	inst, err := n.resolveOn(ctx, callCtx, q, t, networks)
+	inst, err := n.resolveOn(ctx, callCtx, client, q, t, networks)
 	if listed || !errors.Is(err, ErrNotFound) {
 		return inst, err
 	}
 	// Not found with a reused list: the VM's network may have been attached since.
-	again, relisted, lerr := n.routers.get(callCtx, q.Scope.ID, routerNetworksRecheck, n.routerNetworks)
+	again, relisted, lerr := n.routers.get(callCtx, q.Scope.ID, routerNetworksRecheck, list)
 	if lerr != nil || !relisted || slices.Equal(again, networks) {
 		return inst, err
 	}
-	return n.resolveOn(ctx, callCtx, q, t, again)
+	return n.resolveOn(ctx, callCtx, client, q, t, again)
 }
 
 // resolveOn finds the one port on networks (sorted, distinct) that owns t.
-func (n *Neutron) resolveOn(ctx, callCtx context.Context, q Query, t target, networks []string) (Instance, error) {
+func (n *Neutron) resolveOn(ctx, callCtx context.Context, client *gophercloud.ServiceClient, q Query, t target, networks []string) (Instance, error) {
 	if len(networks) == 0 {
 		// neutron-metadata-agent would then search every network for the address; a router
 		// without interfaces has no VMs behind it, so nothing may be signed.
@@ -130,7 +182,7 @@ func (n *Neutron) resolveOn(ctx, callCtx context.Context, q Query, t target, net
 		pq.ipAddress = t.addr.String()
 	}
 	var cands []candidate
-	err := n.list(callCtx, pq, func(p ports.Port) {
+	err := list(callCtx, client, pq, func(p ports.Port) {
 		cands = append(cands, candidate{
 			id: p.ID, deviceID: p.DeviceID, projectID: p.ProjectID, tenantID: p.TenantID, networkID: p.NetworkID,
 		})
@@ -142,17 +194,17 @@ func (n *Neutron) resolveOn(ctx, callCtx context.Context, q Query, t target, net
 	// not, and such a port must never be signed for this listener.
 	for _, c := range cands {
 		if !slices.Contains(networks, c.networkID) {
-			return Instance{}, fmt.Errorf("resolve %s on %s: Neutron returned port %s of network %q, which was not asked for: %w",
-				t, q.Scope, c.id, c.networkID, ErrUnavailable)
+			return Instance{}, fmt.Errorf("resolve %s on %s: %w: %w", t, q.Scope, ErrUnavailable, &cause.Error{Cause: cause.BadResponse,
+				Err: fmt.Errorf("Neutron returned port %s of network %q, which was not asked for", c.id, c.networkID)})
 		}
 	}
 	return pick(q.Scope, t, cands)
 }
 
 // routerNetworks returns the sorted, distinct networks of the router's interface ports.
-func (n *Neutron) routerNetworks(ctx context.Context, routerID string) ([]string, error) {
+func (n *Neutron) routerNetworks(ctx context.Context, client *gophercloud.ServiceClient, routerID string) ([]string, error) {
 	var nets []string
-	err := n.list(ctx, portQuery{
+	err := list(ctx, client, portQuery{
 		deviceID:     routerID,
 		deviceOwners: routerInterfaceOwners(),
 		fields:       []string{"network_id"},
@@ -169,8 +221,8 @@ func (n *Neutron) routerNetworks(ctx context.Context, routerID string) ([]string
 }
 
 // list walks every page of GET /v2.0/ports?<q> and calls each for every port.
-func (n *Neutron) list(ctx context.Context, q portQuery, each func(ports.Port)) error {
-	pager := ports.List(n.client, q).WithPageCreator(func(r pagination.PageResult) pagination.Page {
+func list(ctx context.Context, client *gophercloud.ServiceClient, q portQuery, each func(ports.Port)) error {
+	pager := ports.List(client, q).WithPageCreator(func(r pagination.PageResult) pagination.Page {
 		return checkedPortPage{ports.PortPage{LinkedPageBase: pagination.LinkedPageBase{PageResult: r}}}
 	})
 	return pager.EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
@@ -185,62 +237,16 @@ func (n *Neutron) list(ctx context.Context, q portQuery, each func(ports.Port)) 
 	})
 }
 
-// unavailable turns a failed Neutron call into an ErrUnavailable error that says why.
+// unavailable turns a failed call into an ErrUnavailable error that names the cause
+// (*cause.Error) and says what to check, or says that the caller gave up.
 func (n *Neutron) unavailable(ctx, callCtx context.Context, what string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return fmt.Errorf("%s: the caller gave up: %w: %w", what, ErrUnavailable, ctxErr)
 	}
-	if errors.Is(callCtx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("%s: Neutron did not answer within %s: %w: %w", what, n.timeout, ErrUnavailable, context.DeadlineExceeded)
+	if _, ok := cause.Of(err); !ok && errors.Is(callCtx.Err(), context.DeadlineExceeded) {
+		err = &cause.Error{Cause: cause.Timeout, Err: fmt.Errorf("Neutron did not answer within %s: %w", n.timeout, context.DeadlineExceeded)}
 	}
-	if code, ok := responseCode(err); ok {
-		detail := neutronMessage(code.Body)
-		switch code.Actual {
-		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("%s: Neutron refused the request (HTTP %d%s); check the credentials (clouds.yaml entry, OS_* variables) "+
-				"and that the user may list the ports of every project (admin or service role): %w",
-				what, code.Actual, detail, ErrUnavailable)
-		default:
-			return fmt.Errorf("%s: Neutron answered HTTP %d%s: %w", what, code.Actual, detail, ErrUnavailable)
-		}
-	}
-	var reauth *gophercloud.ErrUnableToReauthenticate
-	if errors.As(err, &reauth) {
-		return fmt.Errorf("%s: could not re-authenticate with Keystone (%v); check the credentials: %w", what, reauth.ErrReauth, ErrUnavailable)
-	}
-	return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
-}
-
-// responseCode finds gophercloud's unexpected-status error in err's chain, as a value or pointer.
-func responseCode(err error) (gophercloud.ErrUnexpectedResponseCode, bool) {
-	var v gophercloud.ErrUnexpectedResponseCode
-	if errors.As(err, &v) {
-		return v, true
-	}
-	var p *gophercloud.ErrUnexpectedResponseCode
-	if errors.As(err, &p) && p != nil {
-		return *p, true
-	}
-	return v, false
-}
-
-// neutronMessage extracts the message of a Neutron error body ({"NeutronError": {"message": ...}})
-// as ": <message>", shortened; "" when there is none.
-func neutronMessage(body []byte) string {
-	var e struct {
-		NeutronError struct {
-			Message string `json:"message"`
-		} `json:"NeutronError"`
-	}
-	if json.Unmarshal(body, &e) != nil || e.NeutronError.Message == "" {
-		return ""
-	}
-	msg := e.NeutronError.Message
-	const maxLen = 200
-	if len(msg) > maxLen {
-		msg = msg[:maxLen] + "..."
-	}
-	return ": " + msg
+	return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, cause.Neutron(err, false))
 }
 
 // portQuery builds the GET /v2.0/ports query string. gophercloud's ports.ListOpts cannot express

@@ -17,6 +17,8 @@ import (
 	"github.com/gophercloud/gophercloud/v2"
 	th "github.com/gophercloud/gophercloud/v2/testhelper"
 	thclient "github.com/gophercloud/gophercloud/v2/testhelper/client"
+
+	"github.com/metaproxy/metaproxy/pkg/cause"
 )
 
 const (
@@ -133,6 +135,7 @@ func TestNeutronResolve(t *testing.T) {
 		wantErr       error    // errors.Is target; nil means success unless wantAmbiguous
 		wantAmbiguous []string // port ids of the expected *AmbiguousError
 		wantMsg       string   // substring of the error message
+		wantCause     cause.Cause
 	}{
 		"network mode one port": {
 			query: Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
@@ -231,10 +234,11 @@ func TestNeutronResolve(t *testing.T) {
 			wantMsg: "HTTP 503",
 		},
 		"port of a network not asked for is refused": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), body: portsJSON(portJSON("port-b", "vm-b", "p", "p", netB))}},
-			wantErr: ErrUnavailable,
-			wantMsg: "not asked for",
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), body: portsJSON(portJSON("port-b", "vm-b", "p", "p", netB))}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   "not asked for",
+			wantCause: cause.BadResponse,
 		},
 		"pages are followed": {
 			query: Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
@@ -246,55 +250,65 @@ func TestNeutronResolve(t *testing.T) {
 			wantAmbiguous: []string{"port-1", "port-2"},
 		},
 		"500": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusInternalServerError, body: `{"NeutronError":{"type":"X","message":"db gone","detail":""}}`}},
-			wantErr: ErrUnavailable,
-			wantMsg: "HTTP 500: db gone",
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusInternalServerError, body: `{"NeutronError":{"type":"X","message":"db gone","detail":""}}`}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   "HTTP 500: db gone",
+			wantCause: cause.ServerError,
 		},
 		"503": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusServiceUnavailable, contentType: "text/html", body: "<html>busy</html>"}},
-			wantErr: ErrUnavailable,
-			wantMsg: "HTTP 503",
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusServiceUnavailable, contentType: "text/html", body: "<html>busy</html>"}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   "HTTP 503",
+			wantCause: cause.ServerError,
 		},
 		"401 points at the credentials": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusUnauthorized, body: `{"error":{"code":401}}`}},
-			wantErr: ErrUnavailable,
-			wantMsg: "HTTP 401); check the credentials",
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusUnauthorized, body: `{"error":{"code":401}}`}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   "Neutron refused the credentials (HTTP 401)",
+			wantCause: cause.Credentials,
 		},
 		"403 points at the credentials": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusForbidden, body: `{}`}},
-			wantErr: ErrUnavailable,
-			wantMsg: "HTTP 403); check the credentials",
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusForbidden, body: `{}`}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   "policy refused the request (HTTP 403)",
+			wantCause: cause.Forbidden,
 		},
 		"malformed JSON": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), body: `{"ports":[{"id":`}},
-			wantErr: ErrUnavailable,
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), body: `{"ports":[{"id":`}},
+			wantErr:   ErrUnavailable,
+			wantCause: cause.BadResponse,
 		},
 		"200 that is not JSON": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), contentType: "text/html", body: "<html>login</html>"}},
-			wantErr: ErrUnavailable,
-			wantMsg: "not a JSON object",
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), contentType: "text/html", body: "<html>login</html>"}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   "not a JSON object",
+			wantCause: cause.BadResponse,
 		},
 		"200 without a ports list": {
-			query:   Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
-			calls:   []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), body: `{}`}},
-			wantErr: ErrUnavailable,
-			wantMsg: `no "ports" list`,
+			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
+			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), body: `{}`}},
+			wantErr:   ErrUnavailable,
+			wantMsg:   `no "ports" list`,
+			wantCause: cause.BadResponse,
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			f := newFakeNeutron(t, tc.calls...)
-			got, err := NewNeutron(f.client(), NeutronOptions{}).Resolve(context.Background(), tc.query)
+			got, err := NewNeutron(FixedClient{f.client()}, NeutronOptions{}).Resolve(context.Background(), tc.query)
 			if n := f.requests(); n != len(tc.calls) {
 				t.Errorf("Neutron saw %d requests, want %d", n, len(tc.calls))
 			}
 			checkResolve(t, got, err, tc.want, tc.wantErr, tc.wantAmbiguous, tc.wantMsg)
+			if c, _ := cause.Of(err); tc.wantCause != "" && c != tc.wantCause {
+				t.Errorf("cause %q, want %q (%v)", c, tc.wantCause, err)
+			}
 		})
 	}
 }
@@ -324,7 +338,7 @@ func TestNeutronRouterNetworksAreReused(t *testing.T) {
 		neutronCall{query: routerQuery(routerR), body: both},
 		neutronCall{query: ipAB("10.0.0.5"), body: vm(1, netA)},
 	)
-	n := NewNeutron(f.client(), NeutronOptions{RouterNetworksTTL: 10 * time.Second})
+	n := NewNeutron(FixedClient{f.client()}, NeutronOptions{RouterNetworksTTL: 10 * time.Second})
 	clk := time.Unix(1000, 0)
 	n.routers.now = func() time.Time { return clk }
 	resolve := func(addr string) (Instance, error) {
@@ -408,7 +422,7 @@ func TestNeutronTimeout(t *testing.T) {
 	c := f.client()
 	c.ResourceBase = f.server.Endpoint() + "v2.0/slow/"
 
-	_, err := NewNeutron(c, NeutronOptions{Timeout: 50 * time.Millisecond}).Resolve(context.Background(),
+	_, err := NewNeutron(FixedClient{c}, NeutronOptions{Timeout: 50 * time.Millisecond}).Resolve(context.Background(),
 		Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")})
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want ErrUnavailable and DeadlineExceeded", err)
@@ -416,13 +430,16 @@ func TestNeutronTimeout(t *testing.T) {
 	if !strings.Contains(err.Error(), "did not answer within 50ms") {
 		t.Errorf("err = %v, want it to name the timeout", err)
 	}
+	if c, _ := cause.Of(err); c != cause.Timeout {
+		t.Errorf("cause %q, want timeout", c)
+	}
 }
 
 func TestNeutronDefaultTimeout(t *testing.T) {
-	if got := NewNeutron(nil, NeutronOptions{}).timeout; got != DefaultNeutronTimeout {
+	if got := NewNeutron(FixedClient{}, NeutronOptions{}).timeout; got != DefaultNeutronTimeout {
 		t.Errorf("default timeout = %s, want %s", got, DefaultNeutronTimeout)
 	}
-	if got := NewNeutron(nil, NeutronOptions{Timeout: time.Second}).timeout; got != time.Second {
+	if got := NewNeutron(FixedClient{}, NeutronOptions{Timeout: time.Second}).timeout; got != time.Second {
 		t.Errorf("timeout = %s, want 1s", got)
 	}
 }
@@ -439,7 +456,7 @@ func TestNeutronConnectionRefused(t *testing.T) {
 		Endpoint:       "http://" + addr + "/",
 		ResourceBase:   "http://" + addr + "/v2.0/",
 	}
-	_, err = NewNeutron(c, NeutronOptions{}).Resolve(context.Background(),
+	_, err = NewNeutron(FixedClient{c}, NeutronOptions{}).Resolve(context.Background(),
 		Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")})
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
@@ -447,6 +464,9 @@ func TestNeutronConnectionRefused(t *testing.T) {
 	var opErr *net.OpError
 	if !errors.As(err, &opErr) {
 		t.Errorf("err = %v, want the dial error kept in the chain", err)
+	}
+	if c, _ := cause.Of(err); c != cause.Unreachable {
+		t.Errorf("cause %q, want unreachable", c)
 	}
 }
 
@@ -456,7 +476,7 @@ func TestNeutronCallerCanceled(t *testing.T) {
 		f := newFakeNeutron(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		_, err := NewNeutron(f.client(), NeutronOptions{}).Resolve(ctx, q)
+		_, err := NewNeutron(FixedClient{f.client()}, NeutronOptions{}).Resolve(ctx, q)
 		if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("err = %v, want context.Canceled and ErrUnavailable", err)
 		}
@@ -474,7 +494,7 @@ func TestNeutronCallerCanceled(t *testing.T) {
 		})
 		c := f.client()
 		c.ResourceBase = f.server.Endpoint() + "v2.0/hang/"
-		_, err := NewNeutron(c, NeutronOptions{Timeout: time.Minute}).Resolve(ctx, q)
+		_, err := NewNeutron(FixedClient{c}, NeutronOptions{Timeout: time.Minute}).Resolve(ctx, q)
 		if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("err = %v, want context.Canceled and ErrUnavailable", err)
 		}
@@ -493,7 +513,7 @@ func TestNeutronInvalidQuery(t *testing.T) {
 	for name, q := range tests {
 		t.Run(name, func(t *testing.T) {
 			f := newFakeNeutron(t)
-			_, err := NewNeutron(f.client(), NeutronOptions{}).Resolve(context.Background(), q)
+			_, err := NewNeutron(FixedClient{f.client()}, NeutronOptions{}).Resolve(context.Background(), q)
 			if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnavailable) {
 				t.Fatalf("err = %v, want a plain invalid-query error", err)
 			}
@@ -528,7 +548,7 @@ func BenchmarkNeutronResolve(b *testing.B) {
 	})
 	c := f.client()
 	c.ResourceBase = f.server.Endpoint() + "v2.0/bench/"
-	n := NewNeutron(c, NeutronOptions{})
+	n := NewNeutron(FixedClient{c}, NeutronOptions{})
 	q := Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")}
 	ctx := context.Background()
 	b.ReportAllocs()

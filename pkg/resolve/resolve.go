@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/metaproxy/metaproxy/pkg/cause"
 )
 
 // Kind says whether a Scope is a Neutron network or a Neutron router.
@@ -76,6 +78,17 @@ var (
 	// ErrUnavailable means the source of truth (Neutron, the ports file) could not be read.
 	ErrUnavailable = errors.New("port source unavailable")
 )
+
+// MayServeStale reports whether an answer past its TTL may stand in for one that failed with err
+// (an ErrUnavailable error): only while the source is down or overloaded (cause.Cause.Outage:
+// unreachable, timeout, 5xx, Keystone unreachable, every call slot busy), or when the source names
+// no cause (a ports file being rewritten). Never while Neutron refuses the credentials or its
+// policy forbids, or answers something unusable: it is up, and may meanwhile have given the
+// address to a new VM of another project.
+func MayServeStale(err error) bool {
+	c, ok := cause.Of(err)
+	return !ok || c.Outage()
+}
 
 // AmbiguousError is returned when more than one port owns the address: nothing may be signed then.
 type AmbiguousError struct {

@@ -163,22 +163,23 @@ func parseSubcommand(fs *flag.FlagSet, name, head string, args []string, stdout 
 	return false, nil
 }
 
-// newSource builds the configured network source.
+// newSource builds the configured network source. Neutron's is asked (and Keystone for a token)
+// at the first poll, not here: cmd/xds starts while they are down or refuse the credentials.
 // With tracing on, every Neutron request is a client span, child of the poll's source read.
-func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Telemetry) (source.Source, error) {
+func newSource(cfg Config, log *slog.Logger, tel *telemetry.Telemetry) (source.Source, error) {
 	switch cfg.SourceKind() {
 	case "file":
 		return source.NewFile(cfg.NetworksFile, cfg.NetnsDir), nil
 	case "netns":
 		return source.NewNamespaces(cfg.NetnsDir, cfg.NodeID, cfg.Routers, log.With("source", "netns"))
 	default:
-		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: 30 * time.Second}
+		o := osclient.Options{Cloud: cfg.OSCloud, NeutronURL: cfg.NeutronURL, Timeout: 30 * time.Second, UserAgent: "metaproxy-xds/" + version.String()}
 		if tel.Tracing {
 			o.WrapTransport = func(base http.RoundTripper) http.RoundTripper {
 				return telemetry.HTTPTransport(base, tel.TracerProvider, tel.Propagator, "neutron")
 			}
 		}
-		client, err := osclient.NewNetworkClient(ctx, o)
+		network, err := osclient.New(o)
 		if err != nil {
 			return nil, fmt.Errorf("neutron client: %w", err)
 		}
@@ -186,11 +187,11 @@ func newSource(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry
 		// directory is here, follow it (serve a network once its qdhcp namespace exists).
 		fi, statErr := os.Stat(cfg.NetnsDir)
 		local := source.NeutronMode(cfg.NeutronMode) == source.ModeAll && statErr == nil && fi.IsDir()
-		return source.NewNeutron(client, source.NeutronOptions{
+		return &neutronSource{network: network, log: log, opts: source.NeutronOptions{
 			Mode: source.NeutronMode(cfg.NeutronMode), NodeID: cfg.NodeID,
 			Networks: true, Routers: cfg.Routers, NetnsDir: cfg.NetnsDir, LocalNamespaces: local,
 			MeterProvider: tel.MeterProvider, Log: log.With("source", "neutron"),
-		})
+		}}, nil
 	}
 }
 
@@ -204,9 +205,16 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 		return err
 	}
 	defer tel.Close(ctx, log) // flush the last spans
-	src, err := newSource(ctx, cfg, log, tel)
+	src, err := newSource(cfg, log, tel)
 	if err != nil {
 		return err
+	}
+	why := func() string { return "" }
+	if ns, ok := src.(*neutronSource); ok {
+		if err := ns.instrument(tel.MeterProvider); err != nil {
+			return fmt.Errorf("xds metrics: %w", err)
+		}
+		why = ns.why
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -245,7 +253,7 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 	start(func() error { return poller.Run(ctx) })
 	start(func() error { return serve.Serve(ctx, serve.NewGRPCServer(ctx, snaps, cb, grpcOpts...), lis, log) })
 	if cfg.AdminListen != "" {
-		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
+		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, why, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
 		adminLis, err := net.Listen("tcp", cfg.AdminListen)
 		if err != nil {
 			cancel()
@@ -338,15 +346,19 @@ func tracingState(tel *telemetry.Telemetry) string {
 	return "otlp " + tel.Endpoint
 }
 
-// adminMux serves /healthz (process up), /readyz (snapshots reflect a successful poll) and
-// /metrics (metrics, from the service's own registry).
-func adminMux(p *serve.Poller, metrics http.Handler) *http.ServeMux {
+// adminMux serves /healthz (process up), /readyz (snapshots reflect a successful poll; if not,
+// why: the source's last error) and /metrics (metrics, from the service's own registry).
+func adminMux(p *serve.Poller, why func() string, metrics http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !p.Ready() {
-			http.Error(w, "no successful poll of the network source yet", http.StatusServiceUnavailable)
+			msg := "no successful poll of the network source yet"
+			if reason := why(); reason != "" {
+				msg += ": " + reason
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")

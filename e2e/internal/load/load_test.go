@@ -310,7 +310,7 @@ func TestFakeNeutronServesTheResolver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := resolve.NewNeutron(c, resolve.NeutronOptions{})
+	r := resolve.NewNeutron(resolve.FixedClient{C: c}, resolve.NeutronOptions{})
 	q := func(net, ip string) resolve.Instance {
 		t.Helper()
 		inst, err := r.Resolve(context.Background(), resolve.Query{Scope: resolve.Scope{Kind: resolve.KindNetwork, ID: net}, Addr: netip.MustParseAddr(ip)})
