@@ -43,6 +43,7 @@ type neutronCreds struct {
 	extproc, xds []string // flags
 	env          []string // environment of both (OS_CLIENT_CONFIG_FILE)
 	cloudsYAML   string   // the clouds.yaml file; "" with noauth
+	entries      map[string]clouds.Cloud
 }
 
 // neutronCredentials returns the noauth Neutron URL for both services, or, with Keystone, creates
@@ -54,12 +55,24 @@ func (e *env) neutronCredentials(ctx context.Context, extprocCloud, xdsCloud str
 		return neutronCreds{extproc: flags, xds: flags}
 	}
 	path := filepath.Join(e.dir, "clouds.yaml")
-	if err := openstack.WriteCloudsYAML(path, keystoneCredentials(e.t, ctx, e.cloud)); err != nil {
+	entries := keystoneCredentials(e.t, ctx, e.cloud)
+	if err := openstack.WriteCloudsYAML(path, entries); err != nil {
 		e.t.Fatal(err)
 	}
 	return neutronCreds{
 		extproc: []string{"--os-cloud", extprocCloud}, xds: []string{"--os-cloud", xdsCloud},
-		env: []string{"OS_CLIENT_CONFIG_FILE=" + path}, cloudsYAML: path,
+		env: []string{"OS_CLIENT_CONFIG_FILE=" + path}, cloudsYAML: path, entries: entries,
+	}
+}
+
+// addClouds adds entries to the suite's clouds.yaml (Keystone only).
+func (e *env) addClouds(t *testing.T, entries map[string]clouds.Cloud) {
+	t.Helper()
+	for name, c := range entries {
+		e.creds.entries[name] = c
+	}
+	if err := openstack.WriteCloudsYAML(e.creds.cloudsYAML, e.creds.entries); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -46,11 +46,11 @@ type env struct {
 	// creds says how cmd/extproc and cmd/xds reach Neutron: noauth, or clouds.yaml entries.
 	creds neutronCreds
 
-	extproc, xds, dataplane *proc
-	extprocArgs, xdsArgs    []string
-	extprocAdmin, dpAdmin   string
-	extprocSock, xdsAddr    string
-	pki                     *labPKI
+	extproc, xds, dataplane         *proc
+	extprocArgs, xdsArgs            []string
+	extprocAdmin, xdsAdmin, dpAdmin string
+	extprocSock, xdsAddr            string
+	pki                             *labPKI
 
 	nets map[string]openstack.Network
 	nsNs map[string]*vmnet.Network
@@ -108,6 +108,7 @@ func setupWith(t *testing.T, ctx context.Context, so setupOptions) *env {
 	e.pki = newLabPKI(t, e.dir, e.bin, nodeID)
 	e.xdsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	xdsAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	e.xdsAdmin = xdsAdmin
 	e.xdsArgs = append([]string{filepath.Join(e.bin, "xds"), "--listen", e.xdsAddr, "--admin-listen", xdsAdmin,
 		"--source", "neutron", "--neutron-mode", "all", "--node-id", nodeID,
 		"--metadata-agent-ini", e.ini, "--extproc-address", "unix://" + e.extprocSock, "--poll-interval", "1s"}, e.pki.xdsArgs()...)

@@ -68,6 +68,14 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	// The service's own probe first: it says what a lookup alone cannot (credentials that cannot
+	// see other projects' ports find "no port" for their VMs).
+	if w.ready.probe != nil {
+		w.ready.check(ctx)
+		if ok, why := w.ready.state(); !ok {
+			fmt.Fprintf(stdout, "not ready (the service's /readyz would answer 503): %s\n", why)
+		}
+	}
 
 	md := metadata.MD{}
 	if network != "" {

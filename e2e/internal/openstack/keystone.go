@@ -222,44 +222,51 @@ type UserSpec struct {
 	Name, Password string
 	// Project is where Roles are granted. Empty: ServiceProject.
 	Project string
-	// Roles are granted on Project (none: the user can authenticate unscoped only).
-	Roles []string
+	// Roles are granted on Project (none: the user can authenticate unscoped only), or on the
+	// system with SystemScope.
+	Roles       []string
+	SystemScope bool
 }
 
-// User is a Keystone user in the default domain with roles on one project.
+// User is a Keystone user in the default domain with roles on one project (or on the system).
 type User struct {
 	ID, Name, Password string
-	Project            string
+	Project            string // "" with SystemScope
+	SystemScope        bool
 }
 
 // CreateUser creates a user in the default domain and grants it spec.Roles on spec.Project, the way
 // `openstack user create` and `openstack role add --project P --user U ROLE` do.
 func (c *Cloud) CreateUser(ctx context.Context, spec UserSpec) (User, error) {
-	if spec.Project == "" {
+	if spec.Project == "" && !spec.SystemScope {
 		spec.Project = ServiceProject
 	}
 	u, err := users.Create(ctx, c.identity, users.CreateOpts{Name: spec.Name, Password: spec.Password, DomainID: "default"}).Extract()
 	if err != nil {
 		return User{}, fmt.Errorf("openstack: create user %s: %w", spec.Name, err)
 	}
-	out := User{ID: u.ID, Name: spec.Name, Password: spec.Password, Project: spec.Project}
+	out := User{ID: u.ID, Name: spec.Name, Password: spec.Password, Project: spec.Project, SystemScope: spec.SystemScope}
 	if len(spec.Roles) == 0 {
 		return out, nil
 	}
-	projectID, err := c.lookupID(ctx, "project", spec.Project)
-	if err != nil {
-		return out, err
+	on, target := roles.AssignOpts{UserID: u.ID, System: true}, "the system"
+	if !spec.SystemScope {
+		projectID, err := c.lookupID(ctx, "project", spec.Project)
+		if err != nil {
+			return out, err
+		}
+		on, target = roles.AssignOpts{UserID: u.ID, ProjectID: projectID}, "project "+spec.Project
 	}
 	for _, r := range spec.Roles {
 		roleID, err := c.lookupID(ctx, "role", r)
 		if err != nil {
 			return out, err
 		}
-		if err := roles.Assign(ctx, c.identity, roleID, roles.AssignOpts{UserID: u.ID, ProjectID: projectID}).ExtractErr(); err != nil {
-			return out, fmt.Errorf("openstack: grant %s on %s to %s: %w", r, spec.Project, spec.Name, err)
+		if err := roles.Assign(ctx, c.identity, roleID, on).ExtractErr(); err != nil {
+			return out, fmt.Errorf("openstack: grant %s on %s to %s: %w", r, target, spec.Name, err)
 		}
 	}
-	c.opts.Logf("openstack: keystone user %s with %v on project %s", spec.Name, spec.Roles, spec.Project)
+	c.opts.Logf("openstack: keystone user %s with %v on %s", spec.Name, spec.Roles, target)
 	return out, nil
 }
 
@@ -371,14 +378,16 @@ func (c *Cloud) KeystoneRequests() ([]KeystoneRequest, error) {
 	return out, sc.Err()
 }
 
-// PasswordCloud is u's clouds.yaml entry: password authentication scoped to u.Project, Keystone
-// and Neutron trusted through the private CA.
+// PasswordCloud is u's clouds.yaml entry: password authentication scoped to u.Project (or the
+// system), Keystone and Neutron trusted through the private CA.
 func (c *Cloud) PasswordCloud(u User) clouds.Cloud {
-	return clouds.Cloud{
-		AuthType: clouds.AuthV3Password, RegionName: Region, CACertFile: c.CACert(), IdentityAPIVersion: "3",
-		AuthInfo: &clouds.AuthInfo{AuthURL: c.KeystoneURL(), Username: u.Name, Password: u.Password,
-			UserDomainName: "Default", ProjectName: u.Project, ProjectDomainName: "Default"},
+	auth := &clouds.AuthInfo{AuthURL: c.KeystoneURL(), Username: u.Name, Password: u.Password, UserDomainName: "Default"}
+	if u.SystemScope {
+		auth.SystemScope = "all"
+	} else {
+		auth.ProjectName, auth.ProjectDomainName = u.Project, "Default"
 	}
+	return clouds.Cloud{AuthType: clouds.AuthV3Password, RegionName: Region, CACertFile: c.CACert(), IdentityAPIVersion: "3", AuthInfo: auth}
 }
 
 // AppCredCloud is the clouds.yaml entry that authenticates with a (its project and roles are the
@@ -397,4 +406,13 @@ func WriteCloudsYAML(path string, entries map[string]clouds.Cloud) error {
 		return fmt.Errorf("openstack: clouds.yaml: %w", err)
 	}
 	return os.WriteFile(path, b, 0o600)
+}
+
+// ChangePassword sets u's password as the cloud admin would (`openstack user set --password`).
+// Keystone then refuses the old one; tokens already issued stay valid where they are cached.
+func (c *Cloud) ChangePassword(ctx context.Context, u User, password string) error {
+	if _, err := users.Update(ctx, c.identity, u.ID, users.UpdateOpts{Password: password}).Extract(); err != nil {
+		return fmt.Errorf("openstack: change the password of %s: %w", u.Name, err)
+	}
+	return nil
 }
