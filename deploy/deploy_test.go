@@ -420,12 +420,13 @@ func TestSystemdUnits(t *testing.T) {
 			}
 		}
 		doc := yamlDocs(t, "systemd/etc-metaproxy/clouds.yaml.example")[0]
-		if str(doc, "clouds", "metaproxy", "auth", "auth_url") == "" {
-			t.Errorf("clouds.yaml.example has no clouds.metaproxy entry (the units set OS_CLOUD=metaproxy)")
-		}
-		for _, u := range []unit{extproc, xds} {
-			if u.env()["OS_CLOUD"] != "metaproxy" || u.env()["OS_CLIENT_CONFIG_FILE"] != "%d/clouds.yaml" {
-				t.Errorf("OS_CLOUD / OS_CLIENT_CONFIG_FILE not set to the clouds.yaml credential: %v", u.env())
+		// One user per service: cmd/extproc's grant (advsvc) is smaller than cmd/xds's (admin).
+		for u, entry := range map[*unit]string{&extproc: "metaproxy-extproc", &xds: "metaproxy-xds"} {
+			if str(doc, "clouds", entry, "auth", "auth_url") == "" {
+				t.Errorf("clouds.yaml.example has no clouds.%s entry", entry)
+			}
+			if u.env()["OS_CLOUD"] != entry || u.env()["OS_CLIENT_CONFIG_FILE"] != "%d/clouds.yaml" {
+				t.Errorf("OS_CLOUD / OS_CLIENT_CONFIG_FILE not set to the clouds.yaml credential's entry %s: %v", entry, u.env())
 			}
 		}
 	})

@@ -4,17 +4,21 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
 
 	"github.com/metaproxy/metaproxy/e2e/internal/openstack"
+	"github.com/metaproxy/metaproxy/pkg/osclient"
 )
 
 // TestLeastPrivilege measures, against Debian's Zed neutron-server with its policy in code as
@@ -68,6 +72,12 @@ func TestLeastPrivilege(t *testing.T) {
 	for i, g := range grants {
 		entry := fmt.Sprintf("lp-%d", i)
 		t.Run("extproc/"+g.name, func(t *testing.T) {
+			// What Neutron itself shows this user: the VM's port, or (silently) nothing.
+			client := e.clientFor(t, ctx, entry)
+			q := url.Values{"network_id": {e.nets["net-a"].ID}, "fixed_ips": {"ip_address=" + vm.os.IP}, "fields": {"id"}}
+			if n := countOf(t, ctx, client, "ports", q); (n == 1) != g.extprocWorks {
+				t.Fatalf("Neutron shows %d ports for %s to this user", n, vm.os.IP)
+			}
 			out, err := e.extprocResolve(ctx, entry, e.nets["net-a"].ID, vm.os.IP)
 			switch {
 			case g.extprocWorks && (err != nil || !strings.Contains(out, "forwarded to nova as instance "+vm.os.InstanceID)):
@@ -83,6 +93,14 @@ func TestLeastPrivilege(t *testing.T) {
 			}
 		})
 		t.Run("xds/"+g.name, func(t *testing.T) {
+			client := e.clientFor(t, ctx, entry)
+			if n := countOf(t, ctx, client, "subnets", url.Values{"network_id": {e.nets["net-a"].ID}}); (n == 1) != g.xdsWorks {
+				t.Fatalf("Neutron shows %d subnets of the VM's network to this user", n)
+			}
+			// The agents API is admin-only (neutron/conf/policies/agent.py); this cloud runs no
+			// agent, so only the answer's status is shown.
+			_, err := client.Get(ctx, client.ServiceURL("agents"), nil, nil)
+			t.Logf("GET /v2.0/agents: %v", err)
 			ready := e.serviceReadyz(t, ctx, "xds", entry)
 			switch {
 			case g.xdsWorks && !strings.HasPrefix(ready, "200"):
@@ -93,6 +111,27 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Logf("xds /readyz: %s", ready)
 		})
 	}
+}
+
+// clientFor is a Neutron client with the clouds.yaml entry's credentials.
+func (e *env) clientFor(t *testing.T, ctx context.Context, entry string) *gophercloud.ServiceClient {
+	t.Helper()
+	t.Setenv("OS_CLIENT_CONFIG_FILE", e.creds.cloudsYAML)
+	c, err := osclient.NewNetworkClient(ctx, osclient.Options{Cloud: entry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// countOf lists Neutron's resource with the query and returns how many it shows.
+func countOf(t *testing.T, ctx context.Context, c *gophercloud.ServiceClient, resource string, q url.Values) int {
+	t.Helper()
+	var body map[string][]json.RawMessage
+	if _, err := c.Get(ctx, c.ServiceURL(resource)+"?"+q.Encode(), &body, nil); err != nil {
+		t.Fatalf("list %s: %v", resource, err)
+	}
+	return len(body[resource])
 }
 
 // extprocResolve runs `extproc resolve` with the clouds.yaml entry: what a VM at ip on network

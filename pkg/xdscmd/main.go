@@ -287,9 +287,10 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 const ServiceName = "metaproxy-xds"
 
 // MetricNames lists every metric family cmd/xds exports on /metrics besides the Go runtime's
-// (go_*) and the process's (process_*); the source's exist with --source neutron only.
+// (go_*) and the process's (process_*); the Neutron source's (and MetricNeutronFailures) exist
+// with --source neutron only.
 func MetricNames() []string {
-	return append(append(serve.MetricNames(), MetricConnectionsRefused), source.NeutronMetricNames()...)
+	return append(append(serve.MetricNames(), MetricConnectionsRefused, MetricNeutronFailures), source.NeutronMetricNames()...)
 }
 
 // MetricConnectionsRefused counts refused xDS clients: reason tls (a handshake without a valid
