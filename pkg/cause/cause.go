@@ -112,7 +112,7 @@ func Neutron(err error, timedOut bool) *Error {
 		case code.Actual == http.StatusUnauthorized:
 			return &Error{Cause: Credentials, Err: fmt.Errorf("Neutron refused the credentials (HTTP 401%s): a noauth --neutron-url to a Neutron that wants tokens? Use a clouds.yaml entry", detail)}
 		case code.Actual == http.StatusForbidden:
-			return &Error{Cause: Forbidden, Err: fmt.Errorf("Neutron's policy refused the request (HTTP 403%s): the user lacks a role (docs/migrate-from-neutron-metadata-agent.md, credentials)", detail)}
+			return &Error{Cause: Forbidden, Err: fmt.Errorf("refused by Neutron's policy (HTTP 403%s): the user lacks a role (docs/migrate-from-neutron-metadata-agent.md, credentials)", detail)}
 		case code.Actual == http.StatusTooManyRequests || code.Actual >= 500:
 			return &Error{Cause: ServerError, Err: fmt.Errorf("Neutron answered HTTP %d%s", code.Actual, detail)}
 		default:
@@ -125,7 +125,7 @@ func Neutron(err error, timedOut bool) *Error {
 	if timedOut || errors.Is(err, context.DeadlineExceeded) {
 		return &Error{Cause: Timeout, Err: fmt.Errorf("Neutron did not answer in time: %w", err)}
 	}
-	return &Error{Cause: BadResponse, Err: fmt.Errorf("Neutron's answer cannot be used: %w", err)}
+	return &Error{Cause: BadResponse, Err: fmt.Errorf("an answer of Neutron that cannot be used: %w", err)}
 }
 
 // Keystone classifies a failed authentication with Keystone. op is what was attempted.

@@ -141,7 +141,7 @@ func (n *Neutron) Resolve(ctx context.Context, q Query) (Instance, error) {
 	client, err := n.clients.Client(callCtx)
 	if err != nil {
 		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			err = &cause.Error{Cause: cause.KeystoneUnreachable, Err: fmt.Errorf("Keystone did not issue a token within %s: %w", n.timeout, err)}
+			err = &cause.Error{Cause: cause.KeystoneUnreachable, Err: fmt.Errorf("no token from Keystone within %s: %w", n.timeout, err)}
 		}
 		return Instance{}, n.unavailable(ctx, callCtx, what+": get a token", err)
 	}

@@ -274,7 +274,7 @@ func TestNeutronResolve(t *testing.T) {
 			query:     Query{Scope: Scope{Kind: KindNetwork, ID: netA}, Addr: netip.MustParseAddr("10.0.0.5")},
 			calls:     []neutronCall{{query: onA("fixed_ips", "ip_address=10.0.0.5"), status: http.StatusForbidden, body: `{}`}},
 			wantErr:   ErrUnavailable,
-			wantMsg:   "policy refused the request (HTTP 403)",
+			wantMsg:   "refused by Neutron's policy (HTTP 403)",
 			wantCause: cause.Forbidden,
 		},
 		"malformed JSON": {

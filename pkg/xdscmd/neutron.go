@@ -106,7 +106,7 @@ func (n *neutronSource) checkView(nodes source.Nodes) error {
 	}
 	if networks == 0 {
 		return &cause.Error{Cause: cause.Forbidden, Err: fmt.Errorf(
-			"Neutron shows no network to cmd/xds's credentials (%s): under Neutron's default policies listing the agents with their networks and routers, "+
+			"no network visible to cmd/xds's credentials (%s): under Neutron's default policies listing the agents with their networks and routers, "+
 				"and every project's subnets and routers, needs the admin role (docs/migrate-from-neutron-metadata-agent.md, Credentials)", id)}
 	}
 	n.mu.Lock()
