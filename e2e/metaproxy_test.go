@@ -71,13 +71,15 @@ type setupOptions struct {
 	ExtprocCloud, XDSCloud string
 	// TokenExpiration is Keystone's [token] expiration (zero: an hour).
 	TokenExpiration time.Duration
+	// NovaCacheExpiration is nova's metadata cache (zero: off).
+	NovaCacheExpiration time.Duration
 }
 
 func setupWith(t *testing.T, ctx context.Context, so setupOptions) *env {
 	if err := openstack.Available(false); err != nil {
 		t.Skipf("the e2e suite cannot run here: %v", err)
 	}
-	e := newEnv(t, ctx, openstack.Options{Auth: so.Auth, TokenExpiration: so.TokenExpiration})
+	e := newEnv(t, ctx, openstack.Options{Auth: so.Auth, TokenExpiration: so.TokenExpiration, NovaCacheExpiration: so.NovaCacheExpiration})
 	e.creds = e.neutronCredentials(ctx, so.ExtprocCloud, so.XDSCloud)
 
 	// Two networks with the same CIDR; two VMs on the first, one on the second with the same address.

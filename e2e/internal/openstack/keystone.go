@@ -59,8 +59,9 @@ var keystoneConf = template.Must(template.New("keystone.conf").Parse(`[DEFAULT]
 log_file = {{.Base}}/log/keystone.log
 [database]
 # Keystone's threads write (tokens are not stored with fernet, but users, application credentials,
-# assignments are): wait for sqlite's lock instead of failing. The file is in WAL mode.
-connection = sqlite:///{{.Base}}/keystone/keystone.sqlite?timeout=60
+# assignments are): wait for sqlite's lock instead of failing. The file is in WAL mode. SQLAlchemy
+# hands a connection back to the pool from another thread: sqlite must allow it.
+connection = sqlite:///{{.Base}}/keystone/keystone.sqlite?timeout=60&check_same_thread=false
 [token]
 provider = fernet
 expiration = {{.TokenExpiration}}
@@ -122,7 +123,7 @@ func (c *Cloud) StartKeystone(ctx context.Context) error {
 		"/usr/bin/uwsgi", "--plugin", "python3",
 		"--https-socket", fmt.Sprintf("127.0.0.1:%d,%s,%s", c.keystonePort, c.ca.certFile, c.ca.keyFile),
 		"--wsgi-file", "/usr/bin/keystone-wsgi-public", "--need-app",
-		"--master", "--processes", "1", "--threads", "8", "--enable-threads", "--lazy-apps", "--die-on-term",
+		"--master", "--processes", "2", "--threads", "4", "--enable-threads", "--lazy-apps", "--die-on-term",
 		// uwsgi's native HTTPS socket serves one request per connection but does not say so:
 		// "Connection: close" keeps clients from reusing a connection it has closed.
 		"--add-header", "Connection: close",
