@@ -198,16 +198,7 @@ func TestKeystoneOutagesAndCredentials(t *testing.T) {
 				t.Fatal(err)
 			}
 		}()
-		eventually(t, 30*time.Second, "xds /readyz names the refused credentials", func() error {
-			code, body, err := httpGet("http://" + e.xdsAdmin + "/readyz")
-			if err != nil {
-				return err
-			}
-			if code != http.StatusServiceUnavailable || !strings.Contains(body, "Keystone refused the credentials") {
-				return fmt.Errorf("%d %s", code, body)
-			}
-			return nil
-		})
+		notReadyBecause(t, e.xdsAdmin, "Keystone refused the credentials")
 		ownMetadata(t, e.vms["b1"], e.curl(t, e.vms["b1"], "GET", "/openstack/latest/meta_data.json", nil, nil))
 	})
 }
@@ -223,16 +214,7 @@ func (e *env) badCredentials(t *testing.T, entry string) {
 	if err := e.extproc.start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "/readyz names the refused credentials", func() error {
-		code, body, err := httpGet("http://" + e.extprocAdmin + "/readyz")
-		if err != nil {
-			return err
-		}
-		if code != http.StatusServiceUnavailable || !strings.Contains(body, "Keystone refused the credentials") || !strings.Contains(body, entry) {
-			return fmt.Errorf("%d %s", code, body)
-		}
-		return nil
-	})
+	notReadyBecause(t, e.extprocAdmin, "Keystone refused the credentials", entry)
 	for _, name := range []string{"a1", "a2", "b1", "k0", "k1"} {
 		for range 3 {
 			r := e.curl(t, e.vms[name], "GET", "/openstack/latest/meta_data.json", nil, nil)
@@ -248,6 +230,24 @@ func (e *env) badCredentials(t *testing.T, entry string) {
 	if v := e.extprocMetric(t, extproccmd.MetricNeutronFailures, "cause=credentials"); v == 0 {
 		t.Errorf("no failure counted under cause=credentials")
 	}
+}
+
+// notReadyBecause waits until the /readyz of the admin listener answers 503 with every one of
+// reasons in its body.
+func notReadyBecause(t *testing.T, admin string, reasons ...string) {
+	t.Helper()
+	eventually(t, 30*time.Second, "/readyz of "+admin+" says "+strings.Join(reasons, ", "), func() error {
+		code, body, err := httpGet("http://" + admin + "/readyz")
+		if err != nil {
+			return err
+		}
+		for _, r := range reasons {
+			if code != http.StatusServiceUnavailable || !strings.Contains(body, r) {
+				return fmt.Errorf("%d %s", code, body)
+			}
+		}
+		return nil
+	})
 }
 
 // tokensIssued counts the tokens Keystone issued to clients whose User-Agent starts with agent.

@@ -421,10 +421,13 @@ func (c *Cloud) StartNeutron(ctx context.Context) error {
 }
 
 // StopNeutron stops neutron-server (SIGTERM, then SIGKILL after StopGrace).
-func (c *Cloud) StopNeutron() {
+func (c *Cloud) StopNeutron() { c.stopSlot(&c.neutron) }
+
+// stopSlot stops the process in *slot, if any, and empties the slot (c.mu guards it).
+func (c *Cloud) stopSlot(slot **process) {
 	c.mu.Lock()
-	p := c.neutron
-	c.neutron = nil
+	p := *slot
+	*slot = nil
 	c.mu.Unlock()
 	if p != nil {
 		p.stop(c.opts.StopGrace)
@@ -450,15 +453,7 @@ func (c *Cloud) StartNova(ctx context.Context) error {
 }
 
 // StopNova stops nova's metadata API (SIGTERM, then SIGKILL after StopGrace).
-func (c *Cloud) StopNova() {
-	c.mu.Lock()
-	p := c.nova
-	c.nova = nil
-	c.mu.Unlock()
-	if p != nil {
-		p.stop(c.opts.StopGrace)
-	}
-}
+func (c *Cloud) StopNova() { c.stopSlot(&c.nova) }
 
 // SetNovaCacheExpiration changes nova's [api] metadata_cache_expiration and restarts the nova
 // metadata API if it runs. Nova builds metadata with Neutron calls (security groups), so with the

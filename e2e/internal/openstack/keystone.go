@@ -137,15 +137,7 @@ func (c *Cloud) StartKeystone(ctx context.Context) error {
 }
 
 // StopKeystone stops Keystone (SIGTERM, then SIGKILL after StopGrace).
-func (c *Cloud) StopKeystone() {
-	c.mu.Lock()
-	p := c.keystone
-	c.keystone = nil
-	c.mu.Unlock()
-	if p != nil {
-		p.stop(c.opts.StopGrace)
-	}
-}
+func (c *Cloud) StopKeystone() { c.stopSlot(&c.keystone) }
 
 // KeystoneURL is Keystone's identity v3 endpoint, like https://127.0.0.1:PORT/v3 (AuthKeystone).
 func (c *Cloud) KeystoneURL() string { return fmt.Sprintf("https://127.0.0.1:%d/v3", c.keystonePort) }
