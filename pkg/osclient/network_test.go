@@ -243,8 +243,8 @@ func TestKeystoneDownAtExpiry(t *testing.T) {
 	}
 }
 
-// TestClassify maps what Neutron answers to causes.
-func TestClassify(t *testing.T) {
+// TestNeutronFailuresByCause: what Neutron answers, through a Network, maps to causes.
+func TestNeutronFailuresByCause(t *testing.T) {
 	tests := map[int]cause.Cause{
 		http.StatusForbidden:           cause.Forbidden,
 		http.StatusInternalServerError: cause.ServerError,

@@ -89,10 +89,10 @@ type NeutronOptions struct {
 //
 // Errors: ErrNotFound (wrapped) when no port matches or the single match has no device_id (a port
 // that is not bound to an instance, which nova would reject anyway); *AmbiguousError (wrapped)
-// when several ports match; ErrUnavailable (wrapped) when no answer could be had, together with an
-// *cause.Error that names the cause (cause.CauseOf): Neutron or Keystone unreachable or
-// slow, Neutron failing (5xx), credentials refused (401), a policy that forbids (403), an untrusted
-// certificate, an unusable answer, or every call slot busy. When the caller's ctx ends first the
+// when several ports match; ErrUnavailable (wrapped) when no answer could be had, together with a
+// *cause.Error that names the cause (cause.Of): Neutron or Keystone unreachable or slow, Neutron
+// failing (5xx), credentials refused (401), a policy that forbids (403), an untrusted certificate,
+// an unusable answer, or every call slot busy. When the caller's ctx ends first the
 // error wraps both ErrUnavailable and the context's error (and no cause: nothing failed).
 type Neutron struct {
 	clients NeutronClient
