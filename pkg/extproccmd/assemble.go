@@ -31,10 +31,11 @@ type service struct {
 	secretFrom string // where the secret came from (never the secret)
 }
 
-// assemble builds the resolver, the signer and the decider from cfg. needSecret is false for the
-// resolve subcommand, which can show what would be sent without the secret. tel is nil when
-// nothing is observed (the resolve subcommand).
-func assemble(ctx context.Context, cfg Config, log *slog.Logger, needSecret bool, tel *telemetry.Telemetry) (*service, error) {
+// assemble builds the resolver, the signer and the decider from cfg, contacting nothing (Keystone
+// is asked by the first lookup or probe). needSecret is false for the resolve subcommand, which can
+// show what would be sent without the secret. tel is nil when nothing is observed (the resolve
+// subcommand).
+func assemble(cfg Config, log *slog.Logger, needSecret bool, tel *telemetry.Telemetry) (*service, error) {
 	var fromINI string
 	if cfg.MetadataAgentINI != "" {
 		s, err := agentini.Load(cfg.MetadataAgentINI)

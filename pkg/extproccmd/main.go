@@ -90,7 +90,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer tel.Close(ctx, log) // flush the last spans
-	w, err := assemble(ctx, cfg, log, true, tel)
+	w, err := assemble(cfg, log, true, tel)
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	w, err := assemble(ctx, cfg, log, false, nil)
+	w, err := assemble(cfg, log, false, nil)
 	if err != nil {
 		return err
 	}
