@@ -89,6 +89,12 @@ func TestKeystoneOutagesAndCredentials(t *testing.T) {
 	})
 
 	t.Run("3_keystone_down_at_expiry", func(t *testing.T) {
+		restarted := false
+		defer func() { // the later steps need Keystone, whatever happened here
+			if !restarted {
+				_ = e.cloud.StartKeystone(ctx)
+			}
+		}()
 		l := e.startLoad(ctx, loaded)
 		eventually(t, tokenLifetime+10*time.Second, "cmd/extproc's token expires and Keystone cannot renew it", func() error {
 			if v := e.extprocMetric(t, extproccmd.MetricNeutronFailures, "cause=keystone_unreachable"); v == 0 {
@@ -102,6 +108,7 @@ func TestKeystoneOutagesAndCredentials(t *testing.T) {
 		}
 		time.Sleep(10 * time.Second) // cached answers keep standing in
 		l.stop(t)                    // every loaded VM was resolved before: not one failure
+		restarted = true
 		if err := e.cloud.StartKeystone(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -298,16 +305,19 @@ func (e *env) extprocMetric(t *testing.T, name string, want ...string) float64 {
 type steadyLoad struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	once   sync.Once
 
 	mu       sync.Mutex
 	requests int
 	failures []string
 }
 
-// startLoad has each named VM fetch its meta_data.json every second until stop.
+// startLoad has each named VM fetch its meta_data.json every second until stop (or the end of
+// the test).
 func (e *env) startLoad(ctx context.Context, names []string) *steadyLoad {
 	ctx, cancel := context.WithCancel(ctx)
 	l := &steadyLoad{cancel: cancel}
+	e.t.Cleanup(func() { cancel(); l.wg.Wait() })
 	for _, name := range names {
 		v := e.vms[name]
 		l.wg.Go(func() {
@@ -350,11 +360,16 @@ func (l *steadyLoad) total() int {
 	return l.requests
 }
 
-// stop ends the load and fails t if any request failed.
+// stop ends the load and fails t if any request failed (once: later calls do nothing).
 func (l *steadyLoad) stop(t *testing.T) {
 	t.Helper()
 	l.cancel()
 	l.wg.Wait()
+	first := false
+	l.once.Do(func() { first = true })
+	if !first {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.requests == 0 {

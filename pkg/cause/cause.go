@@ -5,6 +5,8 @@
 package cause
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/gophercloud/gophercloud/v2"
 )
@@ -113,6 +116,10 @@ func Neutron(err error, timedOut bool) *Error {
 			return &Error{Cause: Credentials, Err: fmt.Errorf("Neutron refused the credentials (HTTP 401%s): a noauth --neutron-url to a Neutron that wants tokens? Use a clouds.yaml entry", detail)}
 		case code.Actual == http.StatusForbidden:
 			return &Error{Cause: Forbidden, Err: fmt.Errorf("refused by Neutron's policy (HTTP 403%s): the user lacks a role (docs/migrate-from-neutron-metadata-agent.md, credentials)", detail)}
+		case code.Actual == http.StatusServiceUnavailable && bytes.Contains(bytes.ToLower(code.Body), []byte("keystone")):
+			// keystonemiddleware could not reach Keystone to validate the token (an expired one,
+			// or one it has not seen): "The Keystone service is temporarily unavailable."
+			return &Error{Cause: KeystoneUnreachable, Err: fmt.Errorf("Neutron cannot reach Keystone to validate the token (HTTP 503%s)", detail)}
 		case code.Actual == http.StatusTooManyRequests || code.Actual >= 500:
 			return &Error{Cause: ServerError, Err: fmt.Errorf("Neutron answered HTTP %d%s", code.Actual, detail)}
 		default:
@@ -231,18 +238,23 @@ func responseCode(err error) (gophercloud.ErrUnexpectedResponseCode, bool) {
 	return v, false
 }
 
-// neutronMessage extracts the message of a Neutron error body ({"NeutronError": {"message": ...}})
-// as ": <message>", shortened; "" when there is none.
+// neutronMessage extracts the message of a Neutron error body ({"NeutronError": {"message": ...}},
+// or a middleware's {"message": ...}, e.g. keystonemiddleware's) as ": <message>", shortened; ""
+// when there is none.
 func neutronMessage(body []byte) string {
 	var e struct {
 		NeutronError struct {
 			Message string `json:"message"`
 		} `json:"NeutronError"`
+		Message string `json:"message"`
 	}
 	if json.Unmarshal(body, &e) != nil {
 		return ""
 	}
-	return shorten(e.NeutronError.Message)
+	msg := cmp.Or(e.NeutronError.Message, e.Message)
+	// webob's messages hold its HTML template's line breaks.
+	msg = strings.Join(strings.Fields(strings.ReplaceAll(msg, "<br />", " ")), " ")
+	return shorten(msg)
 }
 
 // keystoneMessage extracts the message of a Keystone error body ({"error": {"message": ...}}).

@@ -45,6 +45,11 @@ func TestReauthentication(t *testing.T) {
 		"reauth, then 401 again":        {&gophercloud.ErrErrorAfterReauthentication{ErrOriginal: &neutron401}, Credentials, "token Keystone had just issued"},
 		"reauth, then 503":              {&gophercloud.ErrErrorAfterReauthentication{ErrOriginal: &gophercloud.ErrUnexpectedResponseCode{Actual: 503}}, ServerError, "HTTP 503"},
 		"an already classified failure": {fmt.Errorf("x: %w", &Error{Cause: TLS, Err: errors.New("untrusted")}), TLS, "untrusted"},
+		// keystonemiddleware's answer (webob, Accept: application/json) when Keystone is down and
+		// the token is not in its cache.
+		"Neutron cannot reach Keystone": {gophercloud.ErrUnexpectedResponseCode{Actual: 503, Body: []byte(
+			`{"message": "The server is currently unavailable. Please try again at a later time.<br /><br />\nThe Keystone service is temporarily unavailable.\n\n", "code": "503 Service Unavailable", "title": "Service Unavailable"}`)},
+			KeystoneUnreachable, "Please try again at a later time. The Keystone service is temporarily unavailable."},
 	}
 	for name, tc := range tests {
 		got := Neutron(tc.err, false)
