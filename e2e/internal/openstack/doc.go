@@ -1,9 +1,11 @@
 //go:build e2e
 
 // Package openstack runs a real, minimal OpenStack on loopback for the end-to-end suite: Debian's
-// neutron-server (ML2, sqlite, noauth, the router service plugin) and nova's metadata API (nova-api
+// neutron-server (ML2, sqlite, the router service plugin; noauth, or behind Debian's Keystone with
+// keystonemiddleware, both over TLS with the fixture's private CA) and nova's metadata API (nova-api
 // with enabled_apis = metadata, sqlite, the shared secret), and optionally RabbitMQ with the
-// incumbent neutron-metadata-agent. It creates networks and VMs the way Nova and the DHCP agent
+// incumbent neutron-metadata-agent. With Keystone it creates users, roles, application credentials
+// and clouds.yaml entries the way an operator does. It creates networks and VMs the way Nova and the DHCP agent
 // leave them: Neutron ports through the API with gophercloud, and nova instance rows through nova's
 // own objects, so that nova itself judges every signed request.
 //
