@@ -1,8 +1,8 @@
 //go:build e2e
 
 // Package openstack runs a real, minimal OpenStack on loopback for the end-to-end suite: Debian's
-// neutron-server (ML2, sqlite, the router service plugin; noauth, or behind Debian's Keystone with
-// keystonemiddleware, both over TLS with the fixture's private CA) and nova's metadata API (nova-api
+// neutron-server (ML2, sqlite, the router service plugin; noauth over HTTP, or behind Debian's Keystone
+// with keystonemiddleware over TLS with the fixture's private CA) and nova's metadata API (nova-api
 // with enabled_apis = metadata, sqlite, the shared secret), and optionally RabbitMQ with the
 // incumbent neutron-metadata-agent. With Keystone it creates users, roles, application credentials
 // and clouds.yaml entries the way an operator does. It creates networks and VMs the way Nova and the DHCP agent
