@@ -214,8 +214,9 @@ func extprocOverTCPWithMutualTLS(t *testing.T, e *env) {
 	a1, b1 := e.vms["a1"], e.vms["b1"]
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tcp := startProc(t, e.dir, "extproc-tcp", nil, append([]string{filepath.Join(e.bin, "extproc"), "--admin-listen", admin,
-		"--neutron-url", e.cloud.NeutronURL(), "--metadata-agent-ini", e.ini, "--log-format", "json"}, e.pki.extprocTCPArgs(addr)...)...)
+	argv := append([]string{filepath.Join(e.bin, "extproc"), "--admin-listen", admin,
+		"--metadata-agent-ini", e.ini, "--log-format", "json"}, e.pki.extprocTCPArgs(addr)...)
+	tcp := startProc(t, e.dir, "extproc-tcp", e.creds.env, append(argv, e.creds.extproc...)...)
 	defer tcp.stop()
 	eventually(t, 30*time.Second, "extproc on TCP ready", func() error { return ready("http://" + admin + "/readyz") })
 
