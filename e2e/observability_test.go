@@ -137,10 +137,10 @@ func TestObservability(t *testing.T) {
 	defer cancel()
 	rec, port := startOTLPReceiver(t)
 	e := setup(t, ctx)
-	e.extproc.env = []string{
+	e.extproc.env = append(e.extproc.env, // after the suite's (OS_CLIENT_CONFIG_FILE)
 		fmt.Sprintf("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:%d", port),
 		"OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
-	}
+	)
 	e.restartExtproc(t)
 
 	before := requestsTotal(t, e.extprocAdmin)
