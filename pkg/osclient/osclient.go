@@ -1,7 +1,7 @@
 // Package osclient builds the gophercloud client both services use to talk to Neutron: from a
 // clouds.yaml entry (OS_CLOUD), from the OS_* environment, or, for labs and tests that run
-// neutron-server with auth_strategy=noauth, straight from a Neutron URL. It also says why a call
-// to Neutron (or to Keystone on its behalf) failed, as one of pkg/cause's fixed set of causes.
+// neutron-server with auth_strategy=noauth, straight from a Neutron URL. Its errors carry
+// pkg/cause's causes, and it says who a token is (Identity: user, project, roles).
 //
 // A Network authenticates with Keystone when it is first used, not when it is built, so that a
 // service can start, and say why it is not ready, while Keystone is down or refuses its
@@ -161,9 +161,6 @@ func NewNetworkClient(ctx context.Context, o Options) (*gophercloud.ServiceClien
 // Source says where the credentials come from ("clouds.yaml entry \"x\"", "the OS_* variables",
 // "noauth Neutron at URL"), for log lines. Never a secret.
 func (n *Network) Source() string { return n.source }
-
-// Keystone is the identity endpoint ("" for a noauth Neutron).
-func (n *Network) Keystone() string { return n.authOpts.IdentityEndpoint }
 
 // Client returns the Neutron client, authenticating with Keystone first when that has not
 // succeeded yet (one attempt at a time for all callers). A failed attempt is returned to every
