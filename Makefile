@@ -39,7 +39,7 @@ fuzz: ## Run each fuzz target for $(FUZZTIME) (corpus in testdata/fuzz).
 
 .PHONY: test-e2e
 test-e2e: build ## End-to-end suite on real neutron-server and nova metadata API in network namespaces (root).
-	$(GO) test -tags e2e -count=1 -timeout 20m -v $(E2E_FLAGS) ./e2e/...
+	$(GO) test -tags e2e -count=1 -timeout 35m -v $(E2E_FLAGS) ./e2e/...
 
 .PHONY: bench
 bench: ## Benchmarks side by side with the incumbent on real neutron + nova (root; ~5 min; docs/benchmarks.md).
