@@ -77,11 +77,12 @@ func probeNeutron(ctx context.Context, network *osclient.Network, timeout time.D
 // hides ports it may not show (a list is filtered by policy, silently), so a project-scoped user
 // without a cross-project role finds no port of other projects' VMs, and they would get 404. Seeing
 // a port of another project proves the contrary; with only its own project's ports in view (or
-// none), the token's roles decide: admin, or advsvc (Neutron's default get_port policy admits both,
-// Zed to 2025.x; neutron/conf/policies/port.py). The service role admits it from 2024.1 only, and
-// nothing in the API says which release answers, so it is not taken on trust: an empty cloud
-// seen with only the service role is reported until a VM of another project has a port. nil id: a
-// noauth Neutron, where every request is an admin's.
+// none), the token's roles decide: admin (always admitted by Neutron's default get_port policy,
+// neutron/conf/policies/port.py) or advsvc (admitted from Zed to 2023.2; from 2024.1 the service
+// role is, instead). Nothing in the API says which release answers, so the service role is not
+// taken on trust: an empty cloud seen with it alone is reported until a VM of another project has
+// a port (and advsvc alone on 2024.1 or later passes this fallback, though the probe of any cloud
+// with VMs in other projects tells). nil id: a noauth Neutron, where every request is an admin's.
 func visibility(id *osclient.Identity, projects []string) error {
 	if id == nil {
 		return nil

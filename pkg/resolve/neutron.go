@@ -83,9 +83,9 @@ type NeutronOptions struct {
 //     list older than a second, the router's networks are listed again first;
 //   - an EUI-64 link-local IPv6 source is matched with mac_address=<mac> instead of fixed_ips.
 //
-// The credentials behind the client must see the ports of every project (neutron's admin or
-// service role): with a project-scoped user, other projects' ports are silently missing and their
-// VMs get ErrNotFound.
+// The credentials behind the client must see the ports of every project (admin, or advsvc on
+// Neutron Zed to 2023.2, service from 2024.1): with a project-scoped user, other projects' ports
+// are silently missing and their VMs get ErrNotFound (cmd/extproc's probe detects it).
 //
 // Errors: ErrNotFound (wrapped) when no port matches or the single match has no device_id (a port
 // that is not bound to an instance, which nova would reject anyway); *AmbiguousError (wrapped)
