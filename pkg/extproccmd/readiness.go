@@ -33,10 +33,11 @@ var _ resolve.Resolver = readinessResolver{}
 func (rr readinessResolver) Resolve(ctx context.Context, q resolve.Query) (resolve.Instance, error) {
 	inst, err := rr.r.Resolve(ctx, q)
 	var ambiguous *resolve.AmbiguousError
+	blind := rr.ready.blindness()
 	switch {
-	case errors.Is(err, resolve.ErrNotFound) && rr.ready.blindness() != nil:
+	case errors.Is(err, resolve.ErrNotFound) && blind != nil:
 		// Not ErrNotFound any more: no 404, and nothing the cache keeps as an answer.
-		err = fmt.Errorf("resolve %s on %s: no port found, which proves nothing: %w: %w", q.Addr, q.Scope, resolve.ErrUnavailable, rr.ready.blindness())
+		err = fmt.Errorf("resolve %s on %s: no port found, which proves nothing: %w: %w", q.Addr, q.Scope, resolve.ErrUnavailable, blind)
 		rr.ready.markErr(err)
 	case err == nil, errors.Is(err, resolve.ErrNotFound), errors.As(err, &ambiguous):
 		rr.ready.markOK(time.Now())
