@@ -156,10 +156,18 @@ func New[V any](r resolve.Resolver, build Build[V], opt Options) *Cache[V] {
 // Len returns the number of cached answers (and remembered failures).
 func (c *Cache[V]) Len() int { return c.lru.len() }
 
-// Evict forgets q's answer, so that the next lookup asks the resolver: for an answer that turned
-// out wrong (nova does not know the instance it names).
-func (c *Cache[V]) Evict(q resolve.Query) {
-	c.lru.remove(key{kind: q.Scope.Kind, id: unique.Make(q.Scope.ID), addr: q.Addr})
+// Doubt shortens q's answer to at most NegativeTTL from now: for an answer nova turned down (it
+// does not know the instance the answer names, the port may be changing hands). It is not
+// forgotten at once: nova answers 404 for an unknown path too, so a VM that asks for one in a loop
+// gets at most one Neutron lookup per NegativeTTL, as for an address Neutron does not know.
+func (c *Cache[V]) Doubt(q resolve.Query) {
+	k := key{kind: q.Scope.Kind, id: unique.Make(q.Scope.ID), addr: q.Addr}
+	until := c.now() + c.opt.NegativeTTL
+	c.lru.update(k, func(e *entry[V]) {
+		if e.err == nil && e.expires > until {
+			e.expires = until
+		}
+	})
 }
 
 // Lookup returns the cached value for q, asking the resolver when needed. The error is the

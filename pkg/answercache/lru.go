@@ -72,13 +72,12 @@ func (l *lru[V]) add(k key, e entry[V]) {
 	l.pushFront(n)
 }
 
-// remove forgets k.
-func (l *lru[V]) remove(k key) {
+// update changes k's entry in place, if there is one, without changing its recency.
+func (l *lru[V]) update(k key, f func(*entry[V])) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if n, ok := l.items[k]; ok {
-		l.unlink(n)
-		delete(l.items, k)
+		f(&n.entry)
 	}
 }
 

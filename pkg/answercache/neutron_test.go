@@ -152,14 +152,22 @@ func TestFailuresAreRememberedForKeysWithNothingCached(t *testing.T) {
 	}
 }
 
-// TestEvictForgetsAnAnswer: an evicted answer is asked for again at once.
-func TestEvictForgetsAnAnswer(t *testing.T) {
+// TestDoubtShortensAnAnswer: an answer nova turned down is kept only for NegativeTTL, then asked
+// for again; a negative answer is not lengthened, and doubting twice does not shorten further.
+func TestDoubtShortensAnAnswer(t *testing.T) {
 	n := newHTTPNeutron(t)
-	c := n.cache(t, &clock{t: time.Unix(1000, 0)}, Options{})
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := n.cache(t, clk, Options{TTL: 10 * time.Second, NegativeTTL: 2 * time.Second})
 	mustLookup(t, c, query("10.0.0.5"), "vm-10.0.0.5", Miss)
+	c.Doubt(query("10.0.0.5"))
+	c.Doubt(query("10.0.0.77")) // not cached: nothing happens
+	clk.add(1500 * time.Millisecond)
+	c.Doubt(query("10.0.0.5")) // from now: not later than the first doubt's bound
 	mustLookup(t, c, query("10.0.0.5"), "vm-10.0.0.5", Hit)
-	c.Evict(query("10.0.0.5"))
-	c.Evict(query("10.0.0.77")) // not cached: nothing happens
+	if got := n.calls.Load(); got != 1 {
+		t.Fatalf("Neutron saw %d requests within NegativeTTL of the doubt, want 1", got)
+	}
+	clk.add(600 * time.Millisecond) // 2.1 s after the first doubt, well inside TTL
 	mustLookup(t, c, query("10.0.0.5"), "vm-10.0.0.5", Miss)
 	if got := n.calls.Load(); got != 2 {
 		t.Fatalf("Neutron saw %d requests, want 2", got)

@@ -129,10 +129,11 @@ func (d *Decider) novaVerdict(ctx context.Context, dec Decision, status int) {
 	case status == http.StatusForbidden:
 		d.log.LogAttrs(ctx, slog.LevelError, "nova refused the signature: the shared secret of metaproxy differs from nova's [neutron] metadata_proxy_shared_secret; change both together (docs/operations.md)", attrs...)
 	case status == http.StatusNotFound:
-		// The answer just cached names an instance nova does not serve: it is not kept, so the
-		// next request asks Neutron again (the port may be changing hands).
-		d.cache.Evict(dec.Query)
-		d.log.LogAttrs(ctx, slog.LevelWarn, "nova does not know this instance in this project: the port's device_id is not a nova instance, or its project differs; the cached answer is dropped", attrs...)
+		// The answer just cached may name an instance nova does not serve (or the path is one
+		// nova does not know: the status is the same): it is kept only as long as a negative
+		// one, so the next lookup asks Neutron again soon (the port may be changing hands).
+		d.cache.Doubt(dec.Query)
+		d.log.LogAttrs(ctx, slog.LevelWarn, "nova answered 404 to the first request signed for this instance: the port's device_id is not a nova instance, its project differs, or the VM asked for a path nova does not have; the cached answer is kept only for the negative TTL", attrs...)
 	case status >= 500:
 		d.log.LogAttrs(ctx, slog.LevelWarn, "nova failed to answer a signed request", attrs...)
 	}

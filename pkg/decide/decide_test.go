@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	extprocfv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -113,21 +114,30 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 	}
 }
 
-// TestNova404EvictsTheAnswer: nova answering 404 to the request that filled the cache drops the
-// answer, so that the next request asks the resolver again instead of signing it for the TTL.
-func TestNova404EvictsTheAnswer(t *testing.T) {
-	d := newDecider(t)
+// TestNova404ShortensTheAnswer: nova answering 404 to the request that filled the cache keeps the
+// answer only for the negative TTL, so that the resolver is asked again soon instead of after the
+// TTL, and a VM asking for a missing path in a loop is not one lookup per request.
+func TestNova404ShortensTheAnswer(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s, _ := sign.New([]byte("s3cr3t"))
+	d, err := New(oneVM{}, s, answercache.Options{TTL: 10 * time.Second, NegativeTTL: 2 * time.Second,
+		Now: func() time.Time { return now }}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
 	_, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
 	if check == nil {
 		t.Fatal("the fill did not ask for nova's verdict")
 	}
 	check(context.Background(), http.StatusNotFound)
-	if n := d.CacheLen(); n != 0 {
-		t.Fatalf("%d answers cached after nova's 404, want 0", n)
+	now = now.Add(time.Second)
+	if _, dec := d.Decide(context.Background(), md, req("10.0.0.5:2")); dec.Outcome != answercache.Hit {
+		t.Errorf("1 s after the 404: outcome %s, want hit", dec.Outcome)
 	}
-	if _, dec := d.Decide(context.Background(), md, req("10.0.0.5:2")); dec.Outcome != answercache.Miss {
-		t.Errorf("next request: outcome %s, want miss", dec.Outcome)
+	now = now.Add(1100 * time.Millisecond)
+	if _, dec := d.Decide(context.Background(), md, req("10.0.0.5:3")); dec.Outcome != answercache.Miss {
+		t.Errorf("past the negative TTL (inside the TTL): outcome %s, want miss", dec.Outcome)
 	}
 	_, check = d.RequestHeaders(context.Background(), md, req("10.0.0.6:1"))
 	if check != nil {
