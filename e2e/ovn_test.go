@@ -412,7 +412,16 @@ func TestOVNMetadataPath(t *testing.T) {
 
 	t.Run("6_the_agent_list_stays_true", func(t *testing.T) {
 		// Running: the chassis's OVN Metadata agent is alive, with the agent's own id, and says
-		// it is metaproxy. Stays alive past agent_down_time (it answers every nb_cfg bump).
+		// it is metaproxy. Stays alive past agent_down_time (it answers every nb_cfg bump). The
+		// chassis was just restarted (subtest 5): Neutron may show it alive only once it has
+		// answered the nb_cfg of the latest listing, within a report interval.
+		eventually(t, agentDownTime, "the restarted chassis's agent is alive", func() error {
+			a, err := e.metadataAgent(ctx)
+			if err != nil || !a.Alive {
+				return fmt.Errorf("%+v %v", a, err)
+			}
+			return nil
+		})
 		deadline := time.Now().Add(agentDownTime + 5*time.Second)
 		for time.Now().Before(deadline) {
 			a, err := e.metadataAgent(ctx)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/gophercloud/gophercloud/v2"
@@ -220,10 +221,33 @@ func (c *Cloud) DeleteVM(ctx context.Context, vm VM) error {
 	if err := c.objects.call(map[string]any{"op": "delete_instance", "uuid": vm.InstanceID}, nil); err != nil {
 		errs = append(errs, fmt.Errorf("openstack: delete nova instance %s: %w", vm.InstanceID, err))
 	}
-	if err := ports.Delete(ctx, c.network, vm.PortID).ExtractErr(); err != nil && !gophercloud.ResponseCodeIs(err, 404) {
+	if err := c.deletePort(ctx, vm.PortID); err != nil {
 		errs = append(errs, fmt.Errorf("openstack: delete port %s: %w", vm.PortID, err))
 	}
 	return errors.Join(errs...)
+}
+
+// deletePort deletes a port, again when neutron-server answers 500: on the fixture's sqlite in
+// WAL mode, a transaction that read before another process committed fails its first write at
+// once with "database is locked" (SQLITE_BUSY_SNAPSHOT: the busy timeout does not apply), which
+// a MySQL-backed Neutron never does. A port already gone (404) is deleted.
+func (c *Cloud) deletePort(ctx context.Context, id string) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		err = ports.Delete(ctx, c.network, id).ExtractErr()
+		if err == nil || gophercloud.ResponseCodeIs(err, 404) {
+			return nil
+		}
+		if !gophercloud.ResponseCodeIs(err, 500) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		}
+	}
+	return err
 }
 
 // CreateRouter creates a router in the cloud's project and attaches each network's subnet to it
