@@ -30,8 +30,9 @@ type report struct {
 	mpNova     *metaproxy
 
 	warm              load.Result
-	decisions         [][2]load.Result // floor, cmd/extproc; closed loop at 1/4/32/64 streams
-	openLoop          [][2]load.Result // floor, cmd/extproc; open loop at each rate
+	decisions         [][2]load.Result   // floor, cmd/extproc; closed loop at 1/4/32/64 streams: the median round
+	decisionRounds    [][][2]load.Result // every round at each concurrency, in the order run
+	openLoop          [][2]load.Result   // floor, cmd/extproc; open loop at each rate
 	extprocRSS        memRow
 	extprocNeutronRSS memRow
 	xdsRSS            memRow
@@ -126,10 +127,10 @@ func (r *report) markdown() string {
 		worst := 10.0
 		for _, p := range r.decisions {
 			best = max(best, p[1].PerSecond)
-			worst = min(worst, p[1].PerSecond/p[0].PerSecond)
+			worst = min(worst, decisionRatio(p))
 		}
 		fmt.Fprintf(&sb, "| > 20k decisions/s per core | best %.0f/s on 2 cores shared with the client (%.0f/core) | %s |\n", best, best/2, verdict(best/2 > 20000))
-		fmt.Fprintf(&sb, "| decisions >= 80%% of the floor at every concurrency | worst %.0f%% | %s |\n", 100*worst, verdict(worst >= 0.8))
+		fmt.Fprintf(&sb, "| decisions >= 90%% of the floor at every concurrency (issue 14; median of %d rounds) | worst %.0f%% | %s |\n", len(r.decisionRounds[0]), 100*worst, verdict(worst >= 0.9))
 	}
 	fmt.Fprintf(&sb, "| < 100 MiB RSS with 100k cached ports (Neutron as source, as in production) | %.1f MiB | %s |\n", mib(r.extprocNeutronRSS.rssKiB), verdict(mib(r.extprocNeutronRSS.rssKiB) < 100))
 	fmt.Fprintf(&sb, "| < 100 MiB RSS with 100k cached ports (ports file: its 100k-port index too) | %.1f MiB | %s |\n", mib(r.extprocRSS.rssKiB), verdict(mib(r.extprocRSS.rssKiB) < 100))
@@ -149,11 +150,16 @@ func (r *report) markdown() string {
 	sb.WriteString("Latency is the decision as Envoy waits for it: from opening the stream to the HeadersResponse (Envoy continues the HTTP request right then, and closes the stream afterwards). " +
 		"The client then half-closes and reads the status before its next stream: that is in /s, and in the whole-stream p99 column.\n\n")
 	sb.WriteString("Closed loop (each stream opens when the previous one is done; at 32 and 64 streams the latency is mostly queueing):\n\n")
-	sb.WriteString("| streams | floor /s | floor p50 | floor p99 | cmd/extproc /s | p50 | p90 | p99 | max | whole stream p99 | errors | extproc/floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, p := range r.decisions {
+	fmt.Fprintf(&sb, "Each concurrency ran %d rounds, floor and cmd/extproc alternating; the row is the round with the median ratio, the last column every round's ratio in the order run.\n\n", len(r.decisionRounds[0]))
+	sb.WriteString("| streams | floor /s | floor p50 | floor p99 | cmd/extproc /s | p50 | p90 | p99 | max | whole stream p99 | errors | extproc/floor | every round |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for i, p := range r.decisions {
 		f, e := p[0], p[1]
-		fmt.Fprintf(&sb, "| %d | %.0f | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", e.Concurrency, f.PerSecond, load.Ms(f.P50), load.Ms(f.P99),
-			e.PerSecond, load.Ms(e.P50), load.Ms(e.P90), load.Ms(e.P99), load.Ms(e.Max), load.Ms(e.StreamP99), e.ErrorString(), ratio(e.PerSecond, f.PerSecond))
+		var each []string
+		for _, rp := range r.decisionRounds[i] {
+			each = append(each, ratio(rp[1].PerSecond, rp[0].PerSecond))
+		}
+		fmt.Fprintf(&sb, "| %d | %.0f | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", e.Concurrency, f.PerSecond, load.Ms(f.P50), load.Ms(f.P99),
+			e.PerSecond, load.Ms(e.P50), load.Ms(e.P90), load.Ms(e.P99), load.Ms(e.Max), load.Ms(e.StreamP99), e.ErrorString(), ratio(e.PerSecond, f.PerSecond), strings.Join(each, ", "))
 	}
 	if len(r.openLoop) > 0 {
 		sb.WriteString("\nOpen loop (streams start on a fixed schedule whatever the answers, at most " + fmt.Sprint(openLoopInFlight) + " in flight; latency from the scheduled start, less the client's own timer lateness, shown apart):\n\n")
