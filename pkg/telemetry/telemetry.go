@@ -38,6 +38,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -97,14 +98,20 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
-	t.MeterProvider = mp
-	t.shutdown = append(t.shutdown, mp.Shutdown)
-
 	exporter, endpoint, err := newSpanExporter(ctx)
 	if err != nil {
-		return nil, errors.Join(err, t.Shutdown(ctx))
+		return nil, err
 	}
+	mopts := []sdkmetric.Option{sdkmetric.WithReader(exp), sdkmetric.WithResource(res)}
+	if exporter == nil && os.Getenv(exemplarFilterEnv) == "" {
+		// Without spans there is no exemplar to keep, but the SDK's default filter
+		// (trace_based) still looks for a span in the context of every measurement: 3% of
+		// cmd/extproc's CPU at 64 streams (perf; docs/benchmarks.md).
+		mopts = append(mopts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
+	}
+	mp := sdkmetric.NewMeterProvider(mopts...)
+	t.MeterProvider = mp
+	t.shutdown = append(t.shutdown, mp.Shutdown)
 	if exporter == nil {
 		t.TracerProvider = noop.NewTracerProvider()
 		return t, nil
@@ -119,6 +126,10 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 	t.shutdown = append([]func(context.Context) error{tp.Shutdown}, t.shutdown...)
 	return t, nil
 }
+
+// exemplarFilterEnv is the OpenTelemetry variable that chooses the exemplar filter; when it is set,
+// the SDK's reading of it stands.
+const exemplarFilterEnv = "OTEL_METRICS_EXEMPLAR_FILTER"
 
 // Propagator returns the propagator metaproxy uses: W3C trace context only. Baggage is neither read
 // nor sent: a member a VM could have set would otherwise travel with every request to Neutron.

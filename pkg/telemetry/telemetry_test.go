@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
@@ -246,5 +247,42 @@ func TestMetricsOnOwnRegistry(t *testing.T) {
 		if strings.HasPrefix(f.GetName(), "metaproxy_") {
 			t.Errorf("%s is on the global registry", f.GetName())
 		}
+	}
+}
+
+// TestExemplarsOnlyWithTracing: with tracing off no exemplar is looked for (the SDK's default
+// filter costs a context lookup per measurement), unless OTEL_METRICS_EXEMPLAR_FILTER asks; a
+// sampled span in the context is what would make the default filter keep one.
+func TestExemplarsOnlyWithTracing(t *testing.T) {
+	sampled := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled}))
+	for filter, want := range map[string]bool{"": false, "trace_based": true} {
+		t.Run("OTEL_METRICS_EXEMPLAR_FILTER="+filter, func(t *testing.T) {
+			clearEnv(t)
+			t.Setenv(exemplarFilterEnv, filter)
+			tel, err := New(context.Background(), Options{ServiceName: "test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tel.Shutdown(context.Background())
+			c, err := tel.MeterProvider.Meter("test").Int64Counter("metaproxy.test.things")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Add(sampled, 1)
+			fams, err := tel.Registry.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := false
+			for _, f := range fams {
+				if f.GetName() == "metaproxy_test_things_total" {
+					got = f.GetMetric()[0].GetCounter().GetExemplar() != nil
+				}
+			}
+			if got != want {
+				t.Errorf("exemplar recorded: %v, want %v", got, want)
+			}
+		})
 	}
 }
