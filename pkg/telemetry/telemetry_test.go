@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -217,19 +218,27 @@ func TestHTTPExport(t *testing.T) {
 	}
 }
 
-// TestMetricsOnOwnRegistry: instruments appear on MetricsHandler, and nothing is registered with
-// Prometheus' global registry.
-func TestMetricsOnOwnRegistry(t *testing.T) {
-	clearEnv(t)
+// newCounter returns the telemetry the environment configures and a counter named
+// metaproxy.test.things on its meter provider; the telemetry is shut down when the test ends.
+func newCounter(t *testing.T) (*Telemetry, metric.Int64Counter) {
+	t.Helper()
 	tel, err := New(context.Background(), Options{ServiceName: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tel.Shutdown(context.Background())
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
 	c, err := tel.MeterProvider.Meter("test").Int64Counter("metaproxy.test.things")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tel, c
+}
+
+// TestMetricsOnOwnRegistry: instruments appear on MetricsHandler, and nothing is registered with
+// Prometheus' global registry.
+func TestMetricsOnOwnRegistry(t *testing.T) {
+	clearEnv(t)
+	tel, c := newCounter(t)
 	c.Add(context.Background(), 3)
 	rec := httptest.NewRecorder()
 	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
@@ -260,15 +269,7 @@ func TestExemplarsOnlyWithTracing(t *testing.T) {
 		t.Run("OTEL_METRICS_EXEMPLAR_FILTER="+filter, func(t *testing.T) {
 			clearEnv(t)
 			t.Setenv(exemplarFilterEnv, filter)
-			tel, err := New(context.Background(), Options{ServiceName: "test"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tel.Shutdown(context.Background())
-			c, err := tel.MeterProvider.Meter("test").Int64Counter("metaproxy.test.things")
-			if err != nil {
-				t.Fatal(err)
-			}
+			tel, c := newCounter(t)
 			c.Add(sampled, 1)
 			fams, err := tel.Registry.Gather()
 			if err != nil {
