@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/metaproxy/metaproxy/pkg/ovnchassis"
 	"github.com/metaproxy/metaproxy/pkg/ovsctl"
@@ -101,10 +102,19 @@ func TestChassisExecStart(t *testing.T) {
 		procEnv[k] = strings.ReplaceAll(v, "%d", l.creds)
 	}
 	runUntilReady(t, argv, procEnv, admin, nil, func() {
-		ids, err := ovsctl.NewSB(ovsctl.SBOptions{DB: sb}).ExternalIDs(t.Context(), "Chassis_Private", "chassis-1")
-		if err != nil || ids[ovnchassis.KeyAgentID] != ovnchassis.AgentID("chassis-1") {
-			t.Errorf("Chassis_Private external_ids %v (%v): not registered as the OVN Metadata agent", ids, err)
+		// Readiness is the first reconcile pass; the agent report runs beside it, so it may
+		// land just after.
+		var (
+			ids map[string]string
+			err error
+		)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			ids, err = ovsctl.NewSB(ovsctl.SBOptions{DB: sb}).ExternalIDs(t.Context(), "Chassis_Private", "chassis-1")
+			if err == nil && ids[ovnchassis.KeyAgentID] == ovnchassis.AgentID("chassis-1") {
+				return
+			}
 		}
+		t.Errorf("Chassis_Private external_ids %v (%v) 10 s after ready: not registered as the OVN Metadata agent", ids, err)
 	})
 }
 
