@@ -12,11 +12,9 @@ package ovnports
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -26,7 +24,8 @@ import (
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/ports"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/subnets"
-	"github.com/gophercloud/gophercloud/v2/pagination"
+
+	"github.com/metaproxy/metaproxy/pkg/neutronlist"
 )
 
 // MetadataOwner is the device_owner of a network's metadata port (neutron_lib
@@ -103,9 +102,9 @@ func (c *Client) vmNetworks(ctx context.Context, q url.Values) (map[string][]str
 		q.Add("fields", f)
 	}
 	sets := map[string]map[string]bool{}
-	err := c.each(ctx, "ports", q, func(p pagination.Page) error {
+	err := c.each(ctx, "ports", q, func(p neutronlist.Page) error {
 		var ps []vmPort
-		if err := p.(checkedPage).ExtractIntoSlicePtr(&ps, "ports"); err != nil {
+		if err := p.ExtractIntoSlicePtr(&ps, "ports"); err != nil {
 			return err
 		}
 		for _, vp := range ps {
@@ -142,8 +141,8 @@ func (c *Client) MetadataPorts(ctx context.Context, networks []string) (map[stri
 		for _, f := range []string{"id", "network_id", "mac_address", "fixed_ips"} {
 			q.Add("fields", f)
 		}
-		return c.each(ctx, "ports", q, func(p pagination.Page) error {
-			ps, err := ports.ExtractPorts(ports.PortPage{LinkedPageBase: p.(checkedPage).LinkedPageBase})
+		return c.each(ctx, "ports", q, func(p neutronlist.Page) error {
+			ps, err := ports.ExtractPorts(ports.PortPage{LinkedPageBase: p.LinkedPageBase})
 			if err != nil {
 				return err
 			}
@@ -198,8 +197,8 @@ func (c *Client) SubnetPrefixes(ctx context.Context, networks []string) (map[str
 		for _, f := range []string{"id", "network_id", "cidr"} {
 			q.Add("fields", f)
 		}
-		return c.each(ctx, "subnets", q, func(p pagination.Page) error {
-			ss, err := subnets.ExtractSubnets(subnets.SubnetPage{LinkedPageBase: p.(checkedPage).LinkedPageBase})
+		return c.each(ctx, "subnets", q, func(p neutronlist.Page) error {
+			ss, err := subnets.ExtractSubnets(subnets.SubnetPage{LinkedPageBase: p.LinkedPageBase})
 			if err != nil {
 				return err
 			}
@@ -252,59 +251,13 @@ func (c *Client) chunked(networks []string, fn func([]string) error) error {
 }
 
 // each walks every page of GET /v2.0/<resource>?<q>.
-func (c *Client) each(ctx context.Context, resource string, q url.Values, fn func(pagination.Page) error) error {
+func (c *Client) each(ctx context.Context, resource string, q url.Values, fn func(neutronlist.Page) error) error {
 	u := c.c.ServiceURL(resource)
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	pager := pagination.NewPager(c.c, u, func(r pagination.PageResult) pagination.Page {
-		return checkedPage{LinkedPageBase: pagination.LinkedPageBase{PageResult: r}, key: resource}
-	})
-	return pager.EachPage(ctx, func(_ context.Context, p pagination.Page) (bool, error) {
-		return true, fn(p)
-	})
+	return neutronlist.Each(ctx, c.c, u, resource, fn)
 }
-
-// checkedPage is a page of a Neutron list that refuses a body without the list, so that a proxy's
-// HTML page or an empty object is an error instead of reading as "nothing".
-type checkedPage struct {
-	pagination.LinkedPageBase
-	key string
-}
-
-// IsEmpty implements pagination.Page, checking the body's shape first.
-func (p checkedPage) IsEmpty() (bool, error) {
-	if p.StatusCode == http.StatusNoContent {
-		return true, nil
-	}
-	body, ok := p.Body.(map[string]any)
-	if !ok {
-		return false, fmt.Errorf("response is not a JSON object (Content-Type %q)", p.Header.Get("Content-Type"))
-	}
-	list, ok := body[p.key].([]any)
-	if !ok {
-		return false, fmt.Errorf("response has no %q list", p.key)
-	}
-	return len(list) == 0, nil
-}
-
-// NextPageURL implements pagination.Page with Neutron's <resource>_links.
-func (p checkedPage) NextPageURL() (string, error) {
-	var s map[string]json.RawMessage
-	if err := p.ExtractInto(&s); err != nil {
-		return "", err
-	}
-	var links []gophercloud.Link
-	if raw, ok := s[p.key+"_links"]; ok {
-		if err := json.Unmarshal(raw, &links); err != nil {
-			return "", fmt.Errorf("%s_links: %w", p.key, err)
-		}
-	}
-	return gophercloud.ExtractNextURL(links)
-}
-
-// GetBody implements pagination.Page.
-func (p checkedPage) GetBody() any { return p.Body }
 
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
@@ -324,11 +277,11 @@ const ControllerBinary = "ovn-controller"
 func (c *Client) HostHasChassis(ctx context.Context, host string) (bool, error) {
 	found := false
 	q := url.Values{"binary": {ControllerBinary}, "host": {host}, "fields": {"host"}}
-	err := c.each(ctx, "agents", q, func(p pagination.Page) error {
+	err := c.each(ctx, "agents", q, func(p neutronlist.Page) error {
 		var as []struct {
 			Host string `json:"host"`
 		}
-		if err := p.(checkedPage).ExtractIntoSlicePtr(&as, "agents"); err != nil {
+		if err := p.ExtractIntoSlicePtr(&as, "agents"); err != nil {
 			return err
 		}
 		for _, a := range as {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/pagination"
 
 	"github.com/metaproxy/metaproxy/pkg/cause"
+	"github.com/metaproxy/metaproxy/pkg/neutronlist"
 )
 
 // DefaultNeutronTimeout bounds one Resolve call against Neutron when NeutronOptions.Timeout is zero.
@@ -222,11 +222,9 @@ func (n *Neutron) routerNetworks(ctx context.Context, client *gophercloud.Servic
 
 // list walks every page of GET /v2.0/ports?<q> and calls each for every port.
 func list(ctx context.Context, client *gophercloud.ServiceClient, q portQuery, each func(ports.Port)) error {
-	pager := ports.List(client, q).WithPageCreator(func(r pagination.PageResult) pagination.Page {
-		return checkedPortPage{ports.PortPage{LinkedPageBase: pagination.LinkedPageBase{PageResult: r}}}
-	})
+	pager := ports.List(client, q).WithPageCreator(neutronlist.Creator("ports"))
 	return pager.EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
-		ps, err := ports.ExtractPorts(page.(checkedPortPage).PortPage)
+		ps, err := ports.ExtractPorts(ports.PortPage{LinkedPageBase: page.(neutronlist.Page).LinkedPageBase})
 		if err != nil {
 			return false, err
 		}
@@ -285,27 +283,6 @@ func (q portQuery) ToPortListQuery() (string, error) {
 		v.Add("fields", f)
 	}
 	return "?" + v.Encode(), nil
-}
-
-// checkedPortPage is a ports page that refuses a body without a "ports" list, so that a proxy's
-// HTML page or an empty object is reported as an error instead of reading as "no port".
-type checkedPortPage struct {
-	ports.PortPage
-}
-
-// IsEmpty implements pagination.Page, checking the body's shape first.
-func (p checkedPortPage) IsEmpty() (bool, error) {
-	if p.StatusCode == http.StatusNoContent {
-		return true, nil
-	}
-	body, ok := p.Body.(map[string]any)
-	if !ok {
-		return false, fmt.Errorf("response is not a JSON object (Content-Type %q)", p.Header.Get("Content-Type"))
-	}
-	if _, ok := body["ports"].([]any); !ok {
-		return false, errors.New(`response has no "ports" list`)
-	}
-	return p.PortPage.IsEmpty()
 }
 
 // candidate is a port that owns the target address, as far as a resolver needs to know it.
