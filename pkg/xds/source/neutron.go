@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/neutronlist"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
@@ -124,17 +125,19 @@ func (n *Neutron) add(nodes Nodes, node string, kind resolve.Kind, id string) {
 	nodes[node] = append(nodes[node], Network{Kind: kind, ID: id, NamespacePath: NamespacePath(n.opts.NetnsDir, kind, id)})
 }
 
-// listPages fetches every page of p, each one request to endpoint (a request that failed, which
-// makes no page, too), makes it with page and hands it to fn.
-func listPages(ctx context.Context, p pagination.Pager, calls requests, endpoint string,
-	page func(pagination.LinkedPageBase) pagination.Page, fn func(pagination.Page) error) error {
+// listPages fetches every page of p, a list of key, each one request to endpoint (a request that
+// failed, which makes no page, too), and hands it to fn. A page without the list is an error
+// (neutronlist): a proxy's page or an empty object must not read as "no networks", which would
+// take every listener of the node away.
+func listPages(ctx context.Context, p pagination.Pager, calls requests, endpoint, key string, fn func(neutronlist.Page) error) error {
+	create := neutronlist.Creator(key)
 	p = p.WithPageCreator(func(r pagination.PageResult) pagination.Page {
 		calls[endpoint]++
-		return page(pagination.LinkedPageBase{PageResult: r})
+		return create(r)
 	})
 	var fnErr error
 	err := p.EachPage(ctx, func(_ context.Context, pg pagination.Page) (bool, error) {
-		fnErr = fn(pg)
+		fnErr = fn(pg.(neutronlist.Page))
 		return fnErr == nil, fnErr
 	})
 	if err != nil && fnErr == nil {
@@ -148,9 +151,9 @@ func (n *Neutron) all(ctx context.Context, nodes Nodes, calls requests) error {
 	nodes[node] = nil
 	if n.opts.Networks {
 		enabled := true
-		err := listPages(ctx, subnets.List(n.client, subnets.ListOpts{EnableDHCP: &enabled}), calls, EndpointSubnets,
-			func(b pagination.LinkedPageBase) pagination.Page { return subnets.SubnetPage{LinkedPageBase: b} }, func(p pagination.Page) error {
-				subs, err := subnets.ExtractSubnets(p)
+		err := listPages(ctx, subnets.List(n.client, subnets.ListOpts{EnableDHCP: &enabled}), calls, EndpointSubnets, "subnets",
+			func(p neutronlist.Page) error {
+				subs, err := subnets.ExtractSubnets(subnets.SubnetPage{LinkedPageBase: p.LinkedPageBase})
 				if err != nil {
 					return fmt.Errorf("decode subnets: %w", err)
 				}
@@ -166,9 +169,9 @@ func (n *Neutron) all(ctx context.Context, nodes Nodes, calls requests) error {
 		}
 	}
 	if n.opts.Routers {
-		err := listPages(ctx, routers.List(n.client, routers.ListOpts{}), calls, EndpointRouters,
-			func(b pagination.LinkedPageBase) pagination.Page { return routers.RouterPage{LinkedPageBase: b} }, func(p pagination.Page) error {
-				rs, err := routers.ExtractRouters(p)
+		err := listPages(ctx, routers.List(n.client, routers.ListOpts{}), calls, EndpointRouters, "routers",
+			func(p neutronlist.Page) error {
+				rs, err := routers.ExtractRouters(routers.RouterPage{LinkedPageBase: p.LinkedPageBase})
 				if err != nil {
 					return fmt.Errorf("decode routers: %w", err)
 				}

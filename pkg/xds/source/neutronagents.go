@@ -49,8 +49,8 @@ import (
 	uuidpkg "github.com/google/uuid"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/agents"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/ports"
-	"github.com/gophercloud/gophercloud/v2/pagination"
 
+	"github.com/metaproxy/metaproxy/pkg/neutronlist"
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
 
@@ -192,9 +192,9 @@ func (n *Neutron) listAgents(ctx context.Context, kinds []agentKind, calls reque
 		q["agent_type"] = append(q["agent_type"], k.agentType)
 	}
 	var out []agents.Agent
-	err := listPages(ctx, agents.List(n.client, q), calls, EndpointAgents,
-		func(b pagination.LinkedPageBase) pagination.Page { return agents.AgentPage{LinkedPageBase: b} }, func(p pagination.Page) error {
-			page, err := agents.ExtractAgents(p)
+	err := listPages(ctx, agents.List(n.client, q), calls, EndpointAgents, "agents",
+		func(p neutronlist.Page) error {
+			page, err := agents.ExtractAgents(agents.AgentPage{LinkedPageBase: p.LinkedPageBase})
 			if err != nil {
 				return fmt.Errorf("decode agents: %w", err)
 			}
@@ -214,10 +214,10 @@ func (n *Neutron) listSchedulingPorts(ctx context.Context, kinds []agentKind, ca
 		q["device_owner"] = append(q["device_owner"], k.owners...)
 	}
 	var out []portRow
-	err := listPages(ctx, ports.List(n.client, q), calls, EndpointPorts,
-		func(b pagination.LinkedPageBase) pagination.Page { return ports.PortPage{LinkedPageBase: b} }, func(p pagination.Page) error {
+	err := listPages(ctx, ports.List(n.client, q), calls, EndpointPorts, "ports",
+		func(p neutronlist.Page) error {
 			var page []portRow
-			if err := ports.ExtractPortsInto(p, &page); err != nil {
+			if err := ports.ExtractPortsInto(ports.PortPage{LinkedPageBase: p.LinkedPageBase}, &page); err != nil {
 				return fmt.Errorf("decode ports: %w", err)
 			}
 			out = append(out, page...)

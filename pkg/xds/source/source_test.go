@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,6 +116,38 @@ func TestNeutronErrorIsAnError(t *testing.T) {
 	got, err := src.Networks(t.Context())
 	if err == nil || got != nil {
 		t.Fatalf("Networks = %v, %v; want nil and an error when Neutron fails", got, err)
+	}
+}
+
+// TestNeutronBodyWithoutTheListIsAnError: a 200 whose body is not the list asked for (a proxy's
+// login page, an empty object) fails the poll, so the last good snapshots stay, instead of
+// reading as a node with no networks, which would take every listener of the node away.
+func TestNeutronBodyWithoutTheListIsAnError(t *testing.T) {
+	for _, body := range []struct{ contentType, body, want string }{
+		{"application/json", `{}`, "has no"},
+		{"text/html", "<html>login</html>", "not a JSON object"},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", body.contentType)
+			fmt.Fprint(w, body.body)
+		}))
+		t.Cleanup(srv.Close)
+		c := &gophercloud.ServiceClient{ProviderClient: &gophercloud.ProviderClient{HTTPClient: *srv.Client()},
+			Endpoint: srv.URL + "/", ResourceBase: srv.URL + "/v2.0/"}
+		for _, opts := range []NeutronOptions{
+			{Mode: ModeAll, NodeID: "node-1", Networks: true},
+			{Mode: ModeAll, NodeID: "node-1", Routers: true},
+			{Mode: ModeAgents, Networks: true, Routers: true},
+		} {
+			src, err := NewNeutron(c, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := src.Networks(t.Context())
+			if err == nil || got != nil || !strings.Contains(err.Error(), body.want) {
+				t.Errorf("%+v, %s %q: Networks = %v, %v; want nil and an error saying the body %s the list", opts, body.contentType, body.body, got, err, body.want)
+			}
+		}
 	}
 }
 
