@@ -37,20 +37,36 @@ func Each(ctx context.Context, c *gophercloud.ServiceClient, url, key string, fn
 	})
 }
 
+// Check returns r's error, or an error when r, a list answer that is not paged (GET
+// /v2.0/agents/<id>/dhcp-networks, say), has no key list.
+func Check(r gophercloud.Result, key string) error {
+	if r.Err != nil {
+		return r.Err
+	}
+	_, err := items(r.Body, r.Header, key)
+	return err
+}
+
 // IsEmpty implements pagination.Page, checking the body's shape first.
 func (p Page) IsEmpty() (bool, error) {
 	if p.StatusCode == http.StatusNoContent {
 		return true, nil
 	}
-	body, ok := p.Body.(map[string]any)
+	list, err := items(p.Body, p.Header, p.Key)
+	return len(list) == 0, err
+}
+
+// items is the key list of a decoded Neutron answer, or an error saying what the body is instead.
+func items(body any, h http.Header, key string) ([]any, error) {
+	obj, ok := body.(map[string]any)
 	if !ok {
-		return false, fmt.Errorf("response is not a JSON object (Content-Type %q)", p.Header.Get("Content-Type"))
+		return nil, fmt.Errorf("response is not a JSON object (Content-Type %q)", h.Get("Content-Type"))
 	}
-	list, ok := body[p.Key].([]any)
+	list, ok := obj[key].([]any)
 	if !ok {
-		return false, fmt.Errorf("response has no %q list", p.Key)
+		return nil, fmt.Errorf("response has no %q list", key)
 	}
-	return len(list) == 0, nil
+	return list, nil
 }
 
 // NextPageURL implements pagination.Page with Neutron's <key>_links.

@@ -38,6 +38,7 @@ package source
 // agent, as every poll did before.
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -234,16 +235,20 @@ func (n *Neutron) scopesOf(ctx context.Context, k agentKind, a agents.Agent, cal
 	calls[k.endpoint]++
 	var ids []string
 	if k.scope == resolve.KindRouter {
-		rs, err := agents.ListL3Routers(ctx, n.client, a.ID).Extract()
-		if err != nil {
+		res := agents.ListL3Routers(ctx, n.client, a.ID)
+		err := neutronlist.Check(res.Result, "routers")
+		rs, xerr := res.Extract()
+		if err = cmp.Or(err, xerr); err != nil {
 			return nil, fmt.Errorf("list routers of L3 agent %s on %s: %w", a.ID, a.Host, err)
 		}
 		for _, r := range rs {
 			ids = append(ids, r.ID)
 		}
 	} else {
-		nets, err := agents.ListDHCPNetworks(ctx, n.client, a.ID).Extract()
-		if err != nil {
+		res := agents.ListDHCPNetworks(ctx, n.client, a.ID)
+		err := neutronlist.Check(res.Result, "networks")
+		nets, xerr := res.Extract()
+		if err = cmp.Or(err, xerr); err != nil {
 			return nil, fmt.Errorf("list networks of DHCP agent %s on %s: %w", a.ID, a.Host, err)
 		}
 		for _, nw := range nets {

@@ -151,6 +151,37 @@ func TestNeutronBodyWithoutTheListIsAnError(t *testing.T) {
 	}
 }
 
+// TestNeutronAgentListWithoutTheListIsAnError: the same for the one answer of agents mode that is
+// not paged, an agent's networks or routers: `{}` there is not "this agent hosts nothing".
+func TestNeutronAgentListWithoutTheListIsAnError(t *testing.T) {
+	for _, typ := range []string{"DHCP agent", "L3 agent"} {
+		mux := http.NewServeMux()
+		asJSON := func(h http.HandlerFunc) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				h(w, r)
+			}
+		}
+		mux.HandleFunc("GET /v2.0/agents", asJSON(func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(w, `{"agents": [{"id": "a1", "host": "node-1", "agent_type": %q}]}`, typ)
+		}))
+		mux.HandleFunc("GET /v2.0/ports", asJSON(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, `{"ports": []}`) }))
+		mux.HandleFunc("GET /v2.0/agents/a1/", asJSON(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, `{}`) }))
+		srv := httptest.NewServer(mux)
+		t.Cleanup(srv.Close)
+		c := &gophercloud.ServiceClient{ProviderClient: &gophercloud.ProviderClient{HTTPClient: *srv.Client()},
+			Endpoint: srv.URL + "/", ResourceBase: srv.URL + "/v2.0/"}
+		src, err := NewNeutron(c, NeutronOptions{Mode: ModeAgents, Networks: true, Routers: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := src.Networks(t.Context())
+		if err == nil || got != nil || !strings.Contains(err.Error(), "has no") {
+			t.Errorf("%s answering {}: Networks = %v, %v; want nil and an error", typ, got, err)
+		}
+	}
+}
+
 func TestNewNeutronRejects(t *testing.T) {
 	c := &gophercloud.ServiceClient{}
 	tests := map[string]NeutronOptions{
