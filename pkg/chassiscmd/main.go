@@ -14,12 +14,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/metaproxy/metaproxy/pkg/cmdflags"
 	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"github.com/metaproxy/metaproxy/pkg/ovnchassis"
 	"github.com/metaproxy/metaproxy/pkg/ovnmeta"
@@ -68,17 +68,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(fs.Output(), usageHead)
 		fs.PrintDefaults()
 	}
-	for _, a := range args {
-		if a == "--" {
-			break
-		}
-		if slices.Contains([]string{"-h", "-help", "--help", "--h"}, a) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return nil
-		}
-	}
-	if err := fs.Parse(args); err != nil {
+	if helped, err := cmdflags.Parse(fs, args, stdout); helped || err != nil {
 		return err
 	}
 	if *showVersion {

@@ -14,12 +14,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"time"
 
 	"google.golang.org/grpc"
 
 	"github.com/metaproxy/metaproxy/pkg/chassiscmd"
+	"github.com/metaproxy/metaproxy/pkg/cmdflags"
 	"github.com/metaproxy/metaproxy/pkg/listen"
 	"github.com/metaproxy/metaproxy/pkg/osclient"
 	"github.com/metaproxy/metaproxy/pkg/telemetry"
@@ -96,10 +96,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(fs.Output(), usageHead)
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args, stdout); err != nil {
-		if errors.Is(err, errHelpShown) {
-			return nil
-		}
+	if helped, err := cmdflags.Parse(fs, args, stdout); helped || err != nil {
 		return err
 	}
 	if *showVersion {
@@ -126,24 +123,6 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return run(ctx, cfg, settings, tlsSrv, log)
 }
 
-// errHelpShown is returned by parse after printing --help; Main turns it into success.
-var errHelpShown = errors.New("help shown")
-
-// parse parses args; --help prints the usage on stdout.
-func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	for _, a := range args {
-		if a == "--" {
-			break
-		}
-		if slices.Contains([]string{"-h", "-help", "--help", "--h"}, a) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return errHelpShown
-		}
-	}
-	return fs.Parse(args)
-}
-
 // parseSubcommand parses the flags of subcommand name (usage text head, then the flags): done
 // is true after --help, and arguments left over are an error.
 func parseSubcommand(fs *flag.FlagSet, name, head string, args []string, stdout io.Writer) (done bool, err error) {
@@ -151,11 +130,8 @@ func parseSubcommand(fs *flag.FlagSet, name, head string, args []string, stdout 
 		fmt.Fprint(fs.Output(), head+"\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args, stdout); err != nil {
-		if errors.Is(err, errHelpShown) {
-			return true, nil
-		}
-		return false, err
+	if helped, err := cmdflags.Parse(fs, args, stdout); helped || err != nil {
+		return helped, err
 	}
 	if fs.NArg() > 0 {
 		return false, fmt.Errorf("%s: unexpected arguments %q", name, fs.Args())
