@@ -38,7 +38,7 @@ Usage:
       reverse proxy in front of Neutron counting port lookups (` + CounterPath + `)
   loadgen xds      --nodes 1000 --networks 100 [--mode sotw|delta] [--agents-per-network 1] [--ipv6]
                    [--xds-bin bin/xds] [--xds-arg ARG]... [--poll-interval 1s] [--timeout 1m]
-                   [--connect-after-ready] [--tls-ca F [--tls-cert F --tls-key F]] [--json]
+                   [--connect-after-ready] [--node-extensions 400] [--tls-ca F [--tls-cert F --tls-key F]] [--json]
       starts cmd/xds on a generated networks file (loopback), connects one Envoy-like ADS client
       per node, measures time to full config per node, then adds one network to every node and
       measures the time from the poll that saw it; NACKs, resources sent, cmd/xds RSS and CPU.

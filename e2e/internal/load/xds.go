@@ -44,6 +44,10 @@ type XDSOptions struct {
 	// ConnectAfterReady makes the clients connect once cmd/xds answers /readyz (its first poll is
 	// done), instead of as soon as it listens (Envoys reconnecting to a restarted control plane).
 	ConnectAfterReady bool
+	// NodeExtensions is the length of every client's node extensions list (Envoy sends every
+	// extension compiled into it there, in the first request of each stream with the bootstrap's
+	// set_node_on_first_message_only, which the clients follow); see DefaultNodeExtensions.
+	NodeExtensions int
 	// Dir holds the networks file and cmd/xds's log; empty: a temporary directory removed after.
 	Dir string
 	// TLS is how the clients speak to cmd/xds (zero: plaintext).
@@ -54,9 +58,21 @@ type XDSOptions struct {
 	Log *slog.Logger
 }
 
+// DefaultNodeExtensions is how many extensions the clients' nodes list unless told otherwise:
+// about what a release build of Envoy registers (source/extensions/extensions_build_config.bzl
+// has some 300, and the registry adds built-in factories and deprecated alias names), which makes
+// a first request of ~40 KiB.
+const DefaultNodeExtensions = 400
+
+// maxNodeExtensions bounds NodeExtensions.
+const maxNodeExtensions = 5000
+
 // Validate reports every problem of o at once.
 func (o XDSOptions) Validate() error {
 	errs := []error{o.Fleet.Validate(), checkXDSArgs(o.XDSArgs), o.TLS.Validate()}
+	if o.NodeExtensions < 0 || o.NodeExtensions > maxNodeExtensions {
+		errs = append(errs, fmt.Errorf("node extensions %d: want 0 to %d", o.NodeExtensions, maxNodeExtensions))
+	}
 	if o.PollInterval < time.Second || o.PollInterval > maxXDSPoll {
 		errs = append(errs, fmt.Errorf("poll interval %s: want 1s to %s", o.PollInterval, maxXDSPoll))
 	}
@@ -213,7 +229,8 @@ func connectFleet(ctx context.Context, o XDSOptions, addr string, creds func(str
 		if err != nil {
 			return nil, stop, fmt.Errorf("xds client for %s: %w", addr, err)
 		}
-		c, err := xdsclient.New(xdsclient.Options{Conn: conn, NodeID: id, NodeCluster: "loadgen", Delta: o.Delta, Applier: rec})
+		c, err := xdsclient.New(xdsclient.Options{Conn: conn, NodeID: id, NodeCluster: "loadgen", Delta: o.Delta, Applier: rec,
+			NodeOnFirstMessageOnly: true, NodeExtensions: o.NodeExtensions})
 		if err != nil {
 			conn.Close()
 			return nil, stop, err

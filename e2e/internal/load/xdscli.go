@@ -42,6 +42,7 @@ func runXDSCmd(ctx context.Context, fs *flag.FlagSet, args []string, stdout, std
 	fs.DurationVar(&o.PollInterval, "poll-interval", time.Second, "cmd/xds --poll-interval")
 	fs.DurationVar(&o.Timeout, "timeout", time.Minute, "bound of each phase (all nodes full; the change everywhere)")
 	fs.BoolVar(&o.ConnectAfterReady, "connect-after-ready", false, "connect once cmd/xds's first poll is done, not as soon as it listens")
+	fs.IntVar(&o.NodeExtensions, "node-extensions", DefaultNodeExtensions, "entries of each node's extensions list, as Envoy lists what is compiled in (0: a bare node)")
 	fs.StringVar(&o.Dir, "dir", "", "keep the networks file and cmd/xds's log here (default: a temporary directory)")
 	fs.StringVar(&o.TLS.CA, "tls-ca", "", "PEM CA verifying cmd/xds's server certificate (enables TLS)")
 	fs.StringVar(&o.TLS.Cert, "tls-cert", "", "PEM client certificate; "+NodePlaceholder+" is replaced by each node id")

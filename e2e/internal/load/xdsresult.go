@@ -54,6 +54,7 @@ type XDSResult struct {
 	ListenersPerNode  int           `json:"listeners_per_node"`
 	PollInterval      time.Duration `json:"poll_interval_ns"`
 	ConnectAfterReady bool          `json:"connect_after_ready"`
+	NodeExtensions    int           `json:"node_extensions"`
 	// FileBytes is the size of the networks file; FileParse how long cmd/xds's parser
 	// (source.ParseNetworks) took on it in the load tool's process: part of every poll that sees a
 	// change with --source file, and not of Neutron's.
@@ -104,7 +105,7 @@ func newXDSResult(o XDSOptions, fileBytes int) XDSResult {
 	return XDSResult{
 		Name: o.Name, Mode: mode, Nodes: o.Nodes, Networks: o.Networks, AgentsPerNetwork: o.AgentsPerNetwork,
 		ListenersPerNode: o.Networks * o.ListenersPerNetwork(), PollInterval: o.PollInterval,
-		ConnectAfterReady: o.ConnectAfterReady, FileBytes: fileBytes,
+		ConnectAfterReady: o.ConnectAfterReady, NodeExtensions: o.NodeExtensions, FileBytes: fileBytes,
 		ChangeResources: map[string]ResourceCount{}, Rejected: map[string]int{}, StreamErrors: map[string]int{},
 		Problems: map[string]int{},
 	}
@@ -221,8 +222,8 @@ func (r XDSResult) Print(w io.Writer) {
 	if name == "" {
 		name = "xds"
 	}
-	fmt.Fprintf(w, "%s %s: %d nodes x %d networks (%d node(s) per network), %d listeners per node, poll %s; clients connect %s\n",
-		name, r.Mode, r.Nodes, r.Networks, r.AgentsPerNetwork, r.ListenersPerNode, r.PollInterval, connect)
+	fmt.Fprintf(w, "%s %s: %d nodes x %d networks (%d node(s) per network), %d listeners per node, poll %s; clients connect %s; %d extensions per node\n",
+		name, r.Mode, r.Nodes, r.Networks, r.AgentsPerNetwork, r.ListenersPerNode, r.PollInterval, connect, r.NodeExtensions)
 	fmt.Fprintf(w, "  networks file %.1f MB, parsed in %s by cmd/xds's parser (measured in loadgen); cmd/xds ready after %s\n",
 		float64(r.FileBytes)/1e6, Secs(r.FileParse), Secs(r.XDSReady))
 	fmt.Fprintf(w, "  full config, per node from its connect: %s; all %d nodes %s after the first connect; not full: %d\n",

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -57,6 +58,11 @@ type Options struct {
 	NodeOnFirstMessageOnly bool
 	// Delta selects the incremental protocol.
 	Delta bool
+	// NodeExtensions is how many entries the node's extensions list has. Envoy lists every
+	// extension compiled into it there (name, category, config type URLs; a few hundred in a
+	// release build), so its first request is tens of KiB; the names here are made up, their
+	// lengths are Envoy's (EnvoyLikeExtensions). Zero: none, the node is a few dozen bytes.
+	NodeExtensions int
 	// Applier receives resources.
 	Applier Applier
 	// Log is the logger.
@@ -107,7 +113,7 @@ func New(o Options) (*Client, error) {
 	}
 	c := &Client{
 		o:     o,
-		node:  standinNode(o.NodeID, o.NodeCluster),
+		node:  standinNode(o.NodeID, o.NodeCluster, o.NodeExtensions),
 		types: map[string]*typeState{},
 	}
 	for _, t := range []string{ClusterType, ListenerType, RouteType, EndpointType} {
@@ -121,10 +127,33 @@ func New(o Options) (*Client, error) {
 // cmd/xds judges it as it would judge that Envoy.
 var ModelsEnvoy = [3]uint32{1, 36, 0}
 
-func standinNode(id, cluster string) *corev3.Node {
+func standinNode(id, cluster string, extensions int) *corev3.Node {
 	return &corev3.Node{Id: id, Cluster: cluster, UserAgentName: "metaproxy-e2e-standin",
 		UserAgentVersionType: &corev3.Node_UserAgentBuildVersion{UserAgentBuildVersion: &corev3.BuildVersion{
-			Version: &typev3.SemanticVersion{MajorNumber: ModelsEnvoy[0], MinorNumber: ModelsEnvoy[1], Patch: ModelsEnvoy[2]}}}}
+			Version: &typev3.SemanticVersion{MajorNumber: ModelsEnvoy[0], MinorNumber: ModelsEnvoy[1], Patch: ModelsEnvoy[2]}}},
+		Extensions: EnvoyLikeExtensions(extensions)}
+}
+
+// EnvoyLikeExtensions returns n made-up entries of a node's extensions list shaped as Envoy's
+// (source/common/local_info and the extension registry): a name under its category, the category,
+// and for three in five the fully qualified name of the extension's config message (Envoy leaves
+// type_urls empty for deprecated alias names). Names and type URLs are as long as Envoy's
+// (about 35 and 60 bytes), so n entries weigh what n of Envoy's do.
+func EnvoyLikeExtensions(n int) []*corev3.Extension {
+	categories := []string{"envoy.filters.http", "envoy.filters.network", "envoy.filters.listener", "envoy.clusters",
+		"envoy.transport_sockets.upstream", "envoy.transport_sockets.downstream", "envoy.access_loggers", "envoy.tracers",
+		"envoy.matching.http.input", "envoy.upstreams.http.generic"}
+	out := make([]*corev3.Extension, n)
+	for i := range out {
+		cat := categories[i%len(categories)]
+		name := fmt.Sprintf("%s.extension_%04d", cat, i)
+		e := &corev3.Extension{Name: name, Category: cat}
+		if i%5 < 3 {
+			e.TypeUrls = []string{fmt.Sprintf("envoy.extensions.%s.v3.ExtensionConfig", strings.TrimPrefix(name, "envoy."))}
+		}
+		out[i] = e
+	}
+	return out
 }
 
 // Run connects and serves the stream until ctx is done, reconnecting after failures.
