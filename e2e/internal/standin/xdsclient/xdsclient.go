@@ -61,7 +61,7 @@ type Options struct {
 	// NodeExtensions is how many entries the node's extensions list has. Envoy lists every
 	// extension compiled into it there (name, category, config type URLs; a few hundred in a
 	// release build), so its first request is tens of KiB; the names here are made up, their
-	// lengths are Envoy's (EnvoyLikeExtensions). Zero: none, the node is a few dozen bytes.
+	// lengths are Envoy's (envoyLikeExtensions). Zero: none, the node is a few dozen bytes.
 	NodeExtensions int
 	// Applier receives resources.
 	Applier Applier
@@ -131,15 +131,15 @@ func standinNode(id, cluster string, extensions int) *corev3.Node {
 	return &corev3.Node{Id: id, Cluster: cluster, UserAgentName: "metaproxy-e2e-standin",
 		UserAgentVersionType: &corev3.Node_UserAgentBuildVersion{UserAgentBuildVersion: &corev3.BuildVersion{
 			Version: &typev3.SemanticVersion{MajorNumber: ModelsEnvoy[0], MinorNumber: ModelsEnvoy[1], Patch: ModelsEnvoy[2]}}},
-		Extensions: EnvoyLikeExtensions(extensions)}
+		Extensions: envoyLikeExtensions(extensions)}
 }
 
-// EnvoyLikeExtensions returns n made-up entries of a node's extensions list shaped as Envoy's
+// envoyLikeExtensions returns n made-up entries of a node's extensions list shaped as Envoy's
 // (source/common/local_info and the extension registry): a name under its category, the category,
 // and for three in five the fully qualified name of the extension's config message (Envoy leaves
 // type_urls empty for deprecated alias names). Names and type URLs are as long as Envoy's
 // (about 35 and 60 bytes), so n entries weigh what n of Envoy's do.
-func EnvoyLikeExtensions(n int) []*corev3.Extension {
+func envoyLikeExtensions(n int) []*corev3.Extension {
 	categories := []string{"envoy.filters.http", "envoy.filters.network", "envoy.filters.listener", "envoy.clusters",
 		"envoy.transport_sockets.upstream", "envoy.transport_sockets.downstream", "envoy.access_loggers", "envoy.tracers",
 		"envoy.matching.http.input", "envoy.upstreams.http.generic"}
