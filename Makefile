@@ -9,6 +9,14 @@ FUZZTIME  ?= 10s
 E2E_FLAGS ?=
 
 .DEFAULT_GOAL := help
+SHELL         := bash
+
+# $(call gotest,LOG,ARGS): go test ARGS, its output also in LOG; when it fails, the output of each
+# failed test is printed again at the end, where CI's tail of the log shows it.
+define gotest
+	@mkdir -p $(dir $(1)); set -o pipefail; $(GO) test $(2) 2>&1 | tee $(1) || { rc=$$?; \
+	awk -f e2e/scripts/test-failures.awk $(1); echo "go test failed; whole output in $(1)"; exit $$rc; }
+endef
 
 .PHONY: help
 help: ## Show this help.
@@ -31,7 +39,7 @@ test: deps lint test-unit fuzz test-e2e ## Everything CI runs: lint, unit tests 
 
 .PHONY: test-unit
 test-unit: ## Unit and feature tests with the race detector.
-	$(GO) test -race -count=1 ./...
+	$(call gotest,$(BIN)/test-unit.log,-race -count=1 ./...)
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for $(FUZZTIME) (corpus in testdata/fuzz).
@@ -39,7 +47,7 @@ fuzz: ## Run each fuzz target for $(FUZZTIME) (corpus in testdata/fuzz).
 
 .PHONY: test-e2e
 test-e2e: build ## End-to-end suite on real neutron-server and nova metadata API in network namespaces (root).
-	$(GO) test -tags e2e -count=1 -timeout 35m -v $(E2E_FLAGS) ./e2e/...
+	$(call gotest,$(BIN)/test-e2e.log,-tags e2e -count=1 -timeout 35m -v $(E2E_FLAGS) ./e2e/...)
 
 .PHONY: bench
 bench: ## Benchmarks side by side with the incumbent on real neutron + nova (root; ~5 min; docs/benchmarks.md).
