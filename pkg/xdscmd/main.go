@@ -219,6 +219,15 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 			return err
 		}
 	}
+	// Both listeners are bound before anything runs: an admin address in use is an error at start,
+	// before any Envoy was served, and /readyz answers as soon as an Envoy can have a configuration.
+	var adminLis net.Listener
+	if cfg.AdminListen != "" {
+		if adminLis, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			lis.Close()
+			return fmt.Errorf("listen for admin: %w", err)
+		}
+	}
 	log.Info("starting xds", "source", cfg.SourceKind(), "poll_interval", cfg.PollInterval,
 		"nova", settings.Nova.Hosts, "nova_protocol", settings.Nova.Protocol, "extproc", settings.ExtProc.Address,
 		"rate_limit", settings.RateLimit.Enabled, "tracing", tracingState(tel))
@@ -228,16 +237,8 @@ func run(ctx context.Context, cfg Config, settings translate.Settings, tlsSrv *t
 	start := func(f func() error) { running++; go func() { errc <- f() }() }
 	start(func() error { return poller.Run(ctx) })
 	start(func() error { return serve.Serve(ctx, serve.NewGRPCServer(ctx, snaps, cb, grpcOpts...), lis, log) })
-	if cfg.AdminListen != "" {
+	if adminLis != nil {
 		admin := &http.Server{Addr: cfg.AdminListen, Handler: adminMux(poller, why, tel.MetricsHandler()), ReadHeaderTimeout: 5 * time.Second}
-		adminLis, err := net.Listen("tcp", cfg.AdminListen)
-		if err != nil {
-			cancel()
-			for ; running > 0; running-- {
-				<-errc
-			}
-			return fmt.Errorf("listen for admin: %w", err)
-		}
 		start(func() error {
 			go func() { <-ctx.Done(); admin.Close() }()
 			if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {

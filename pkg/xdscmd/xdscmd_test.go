@@ -250,6 +250,29 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// TestMainAdminAddressInUseServesNothing: an admin address that cannot be bound stops cmd/xds at
+// start with an error naming it, and the xDS address is left closed (no Envoy was served).
+func TestMainAdminAddressInUseServesNothing(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "networks.yaml")
+	if err := os.WriteFile(file, []byte("nodes:\n  n1:\n    - id: 6b1f4f4e-0d7e-4c4b-9a55-2f0c2f6f0d11\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	xdsAddr := freeAddr(t)
+	err = Main(t.Context(), []string{"--listen", xdsAddr, "--admin-listen", taken.Addr().String(), "--networks-file", file, "--log-level", "warn"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "listen for admin") || !strings.Contains(err.Error(), taken.Addr().String()) {
+		t.Fatalf("Main = %v, want the admin address in use", err)
+	}
+	if c, err := net.Dial("tcp", xdsAddr); err == nil {
+		c.Close()
+		t.Errorf("the xDS address %s still accepts connections after Main returned", xdsAddr)
+	}
+}
+
 // TestMainServesNetworksFile runs the whole command on a networks file and reads its listeners
 // with go-control-plane's ADS client.
 func TestMainServesNetworksFile(t *testing.T) {
