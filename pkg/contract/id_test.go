@@ -1,6 +1,7 @@
 package contract_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -70,7 +71,7 @@ func TestOneIDRuleOnBothSides(t *testing.T) {
 					contract.SourceAddressAttribute: structpb.NewStringValue("10.0.0.5:41234")}}},
 			}
 			for _, key := range []string{contract.NetworkIDMetadata, contract.RouterIDMetadata} {
-				q, err := request.Decode(metadata.Pairs(key, id), req)
+				q, err := request.Decode(metadata.NewIncomingContext(context.Background(), metadata.Pairs(key, id)), req)
 				var re *request.Error
 				switch {
 				case valid && (err != nil || q.Scope.ID != id):

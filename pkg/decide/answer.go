@@ -63,22 +63,49 @@ func (a answer) instance(scope resolve.Scope) resolve.Instance {
 
 // response returns the signed request_headers answer for a request from addr: remove every header
 // the VM must not control, then set the instance's identity with raw_value only (DESIGN.md
-// section 3). It is built for each request from the compact cached answer; RemovedHeaders is
-// shared by every answer and never modified.
+// section 3). It is built for each request from the compact cached answer, in one allocation
+// (signedResponse); RemovedHeaders is shared by every answer and never modified.
 func (a answer) response(addr netip.Addr) *extprocv3.ProcessingResponse {
-	var signature [2 * sign.Size]byte
-	hex.Encode(signature[:], a.signature[:])
-	return &extprocv3.ProcessingResponse{
-		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
-			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
-				SetHeaders: []*corev3.HeaderValueOption{
-					rawHeader(HeaderInstanceID, []byte(a.ids[:a.ends[0]])),
-					rawHeader(HeaderTenantID, []byte(a.ids[a.ends[0]:a.ends[1]])),
-					rawHeader(HeaderSignature, signature[:]),
-					rawHeader(HeaderXFF, addr.AppendTo(nil)),
-				},
-				RemoveHeaders: RemovedHeaders,
-			}},
-		}},
-	}
+	r := new(signedResponse)
+	values := r.values[:0]
+	values = append(values, a.ids[:a.ends[1]]...) // instance id, then project id
+	values = hex.AppendEncode(values, a.signature[:])
+	values = addr.AppendTo(values)
+	idEnd, projectEnd, sigEnd := int(a.ends[0]), int(a.ends[1]), int(a.ends[1])+2*sign.Size
+	r.set(0, HeaderInstanceID, values[:idEnd:idEnd])
+	r.set(1, HeaderTenantID, values[idEnd:projectEnd:projectEnd])
+	r.set(2, HeaderSignature, values[projectEnd:sigEnd:sigEnd])
+	r.set(3, HeaderXFF, values[sigEnd:len(values):len(values)])
+	r.mutation.SetHeaders = r.setPtrs[:]
+	r.mutation.RemoveHeaders = RemovedHeaders
+	r.common.HeaderMutation = &r.mutation
+	r.headers.Response = &r.common
+	r.oneof.RequestHeaders = &r.headers
+	r.resp.Response = &r.oneof
+	return &r.resp
+}
+
+// signedResponse is every part of a signed answer's message, allocated together: a cache hit
+// builds its answer with one allocation instead of eighteen. The header values share one array,
+// sized for nova's uuids, a 32-character project id and an IPv6 address (longer ids, up to
+// Neutron's 255 characters, take one more allocation); each value's capacity ends where the value
+// does, so that nothing appended to one can overwrite the next.
+type signedResponse struct {
+	resp     extprocv3.ProcessingResponse
+	oneof    extprocv3.ProcessingResponse_RequestHeaders
+	headers  extprocv3.HeadersResponse
+	common   extprocv3.CommonResponse
+	mutation extprocv3.HeaderMutation
+	setPtrs  [4]*corev3.HeaderValueOption
+	options  [4]corev3.HeaderValueOption
+	header   [4]corev3.HeaderValue
+	values   [len("0a1b2c3d-0000-4000-8000-000000000001") + 32 + 2*sign.Size + len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255")]byte
+}
+
+// set makes the i-th set header key: value.
+func (r *signedResponse) set(i int, key string, value []byte) {
+	r.header[i].Key, r.header[i].RawValue = key, value
+	r.options[i].Header = &r.header[i]
+	r.options[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	r.setPtrs[i] = &r.options[i]
 }

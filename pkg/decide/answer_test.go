@@ -50,6 +50,7 @@ func TestResponseIsTheSignedMutation(t *testing.T) {
 		"uuid ids, IPv4":             {resolve.Instance{InstanceID: "0a1b2c3d-0000-4000-8000-000000000001", ProjectID: "f00dfeedf00dfeedf00dfeedf00dfeed", PortID: "p", NetworkID: "net1"}, "10.0.0.5"},
 		"IPv6 source":                {resolve.Instance{InstanceID: "i", ProjectID: "p"}, "2001:db8::1234:5678:9abc:def0"},
 		"255-character ids":          {resolve.Instance{InstanceID: long, ProjectID: long, PortID: long}, "192.168.100.200"},
+		"255-character ids, IPv6":    {resolve.Instance{InstanceID: long, ProjectID: long}, "2001:db8:1111:2222:3333:4444:5555:6666"},
 		"empty project (not signed)": {resolve.Instance{InstanceID: "i"}, "10.0.0.6"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -62,6 +63,22 @@ func TestResponseIsTheSignedMutation(t *testing.T) {
 				t.Fatalf("answer differs (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestResponseValuesDoNotOverlap: the header values share one array; growing one (as a caller
+// appending to RawValue may) never writes into the next.
+func TestResponseValuesDoNotOverlap(t *testing.T) {
+	s, _ := sign.New([]byte("s3cr3t"))
+	inst := resolve.Instance{InstanceID: "0a1b2c3d-0000-4000-8000-000000000001", ProjectID: "f00dfeedf00dfeedf00dfeedf00dfeed"}
+	a, _ := newAnswer(resolve.Scope{Kind: resolve.KindNetwork, ID: "n"}, inst, s.Sum(inst.InstanceID))
+	addr := netip.MustParseAddr("10.0.0.5")
+	set := a.response(addr).GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders()
+	for _, h := range set {
+		_ = append(h.GetHeader().GetRawValue(), "XXXXXXXXXXXXXXXX"...)
+	}
+	if diff := cmp.Diff(reference(s, inst, addr).GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders(), set, protocmp.Transform()); diff != "" {
+		t.Fatalf("appending to one value changed another (-want +got):\n%s", diff)
 	}
 }
 

@@ -26,14 +26,14 @@ func benchDecide(b *testing.B, opts ...Option) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
 	r := req("10.0.0.5:41234")
-	d.RequestHeaders(context.Background(), md, r)
+	d.RequestHeaders(ctx, r)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			d.RequestHeaders(context.Background(), md, r)
+			d.RequestHeaders(ctx, r)
 		}
 	})
 }

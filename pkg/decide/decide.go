@@ -18,7 +18,6 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/metaproxy/metaproxy/pkg/answercache"
 	"github.com/metaproxy/metaproxy/pkg/cause"
@@ -90,15 +89,15 @@ func New(r resolve.Resolver, s *sign.Signer, opt answercache.Options, log *slog.
 // CacheLen returns the number of cached answers.
 func (d *Decider) CacheLen() int { return d.cache.Len() }
 
-// RequestHeaders answers one request_headers message on a stream whose initial metadata is md, and
-// logs it when it is not forwarded.
+// RequestHeaders answers one request_headers message of the stream whose context is ctx (it carries
+// the stream's initial metadata), and logs it when it is not forwarded.
 //
 // For the request that filled the cache (outcome miss), the answer also asks Envoy (mode_override;
 // the listener allows it) to send nova's response headers on the same stream, and the returned
 // check is to be called with nova's status: a signature nova refuses is then logged and counted at
 // once, not only seen as 403s by VMs. Every other request stays one round trip; check is nil then.
-func (d *Decider) RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
-	resp, dec := d.Decide(ctx, md, req)
+func (d *Decider) RequestHeaders(ctx context.Context, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+	resp, dec := d.Decide(ctx, req)
 	switch {
 	case dec.Status != http.StatusOK:
 		d.logNotForwarded(ctx, &dec)
@@ -166,16 +165,17 @@ func (d *Decider) logNotForwarded(ctx context.Context, dec *Decision) {
 	d.log.LogAttrs(ctx, level, "metadata request not forwarded", attrs...)
 }
 
-// Decide answers one request_headers message and says what it decided.
-func (d *Decider) Decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
-	ctx, ob := d.obs.begin(ctx, md)
-	resp, dec := d.decide(ctx, md, req)
-	d.obs.end(ctx, md, ob, &dec)
+// Decide answers one request_headers message of the stream whose context is ctx and says what it
+// decided.
+func (d *Decider) Decide(ctx context.Context, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+	ctx, ob := d.obs.begin(ctx)
+	resp, dec := d.decide(ctx, req)
+	d.obs.end(ctx, ob, &dec)
 	return resp, dec
 }
 
-func (d *Decider) decide(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
-	q, err := request.Decode(md, req)
+func (d *Decider) decide(ctx context.Context, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, Decision) {
+	q, err := request.Decode(ctx, req)
 	if err != nil {
 		var re *request.Error
 		errors.As(err, &re)

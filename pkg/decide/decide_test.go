@@ -53,9 +53,9 @@ func req(source string) *extprocv3.ProcessingRequest {
 
 func TestDecisionRecordsOutcome(t *testing.T) {
 	d := newDecider(t)
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
-	_, first := d.Decide(context.Background(), md, req("10.0.0.5:1"))
-	_, second := d.Decide(context.Background(), md, req("10.0.0.5:2"))
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
+	_, first := d.Decide(ctx, req("10.0.0.5:1"))
+	_, second := d.Decide(ctx, req("10.0.0.5:2"))
 	if first.Status != http.StatusOK || first.Outcome != answercache.Miss || second.Outcome != answercache.Hit {
 		t.Fatalf("decisions %+v then %+v", first, second)
 	}
@@ -72,13 +72,13 @@ func TestDecisionRecordsOutcome(t *testing.T) {
 // BenchmarkDecideHit is the hot path: a cached VM, decode + cache hit + the ready-made response.
 func BenchmarkDecideHit(b *testing.B) {
 	d := newDecider(b)
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
 	r := req("10.0.0.5:41234")
-	d.RequestHeaders(context.Background(), md, r)
+	d.RequestHeaders(ctx, r)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			d.RequestHeaders(context.Background(), md, r)
+			d.RequestHeaders(ctx, r)
 		}
 	})
 }
@@ -92,8 +92,8 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
-	resp, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
+	resp, check := d.RequestHeaders(ctx, req("10.0.0.5:1"))
 	if resp.GetModeOverride().GetResponseHeaderMode() != extprocfv3.ProcessingMode_SEND || check == nil {
 		t.Fatalf("miss: mode_override %v, check %v; want response headers SEND and a check", resp.GetModeOverride(), check != nil)
 	}
@@ -104,11 +104,11 @@ func TestMissAsksForNovaVerdict(t *testing.T) {
 	if !strings.Contains(logs.String(), "nova refused the signature") || !strings.Contains(logs.String(), "instance_id=0a1b2c3d-0000-4000-8000-000000000001") {
 		t.Errorf("403 log:\n%s", logs.String())
 	}
-	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.5:2"))
+	resp, check = d.RequestHeaders(ctx, req("10.0.0.5:2"))
 	if resp.GetModeOverride() != nil || check != nil || resp.GetRequestHeaders() == nil {
 		t.Errorf("hit: %v, check %v; want the signed answer without mode_override or check", resp, check != nil)
 	}
-	resp, check = d.RequestHeaders(context.Background(), md, req("10.0.0.9:2"))
+	resp, check = d.RequestHeaders(ctx, req("10.0.0.9:2"))
 	if resp.GetImmediateResponse() == nil || check != nil {
 		t.Errorf("not found: %v, check %v", resp, check != nil)
 	}
@@ -125,25 +125,25 @@ func TestNova404ShortensTheAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
-	_, check := d.RequestHeaders(context.Background(), md, req("10.0.0.5:1"))
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
+	_, check := d.RequestHeaders(ctx, req("10.0.0.5:1"))
 	if check == nil {
 		t.Fatal("the fill did not ask for nova's verdict")
 	}
 	check(context.Background(), http.StatusNotFound)
 	now = now.Add(time.Second)
-	if _, dec := d.Decide(context.Background(), md, req("10.0.0.5:2")); dec.Outcome != answercache.Hit {
+	if _, dec := d.Decide(ctx, req("10.0.0.5:2")); dec.Outcome != answercache.Hit {
 		t.Errorf("1 s after the 404: outcome %s, want hit", dec.Outcome)
 	}
 	now = now.Add(1100 * time.Millisecond)
-	if _, dec := d.Decide(context.Background(), md, req("10.0.0.5:3")); dec.Outcome != answercache.Miss {
+	if _, dec := d.Decide(ctx, req("10.0.0.5:3")); dec.Outcome != answercache.Miss {
 		t.Errorf("past the negative TTL (inside the TTL): outcome %s, want miss", dec.Outcome)
 	}
-	_, check = d.RequestHeaders(context.Background(), md, req("10.0.0.6:1"))
+	_, check = d.RequestHeaders(ctx, req("10.0.0.6:1"))
 	if check != nil {
 		t.Fatal("a not-found answer asked for nova's verdict")
 	}
-	_, check = d.RequestHeaders(context.Background(), md, req("10.0.0.5:3"))
+	_, check = d.RequestHeaders(ctx, req("10.0.0.5:3"))
 	if check != nil {
 		t.Fatal("a hit asked for nova's verdict")
 	}
@@ -168,11 +168,11 @@ func TestUnavailableBodyNamesTheCause(t *testing.T) {
 		cause.TLS:                 "does not trust the certificate",
 	}
 	s, _ := sign.New([]byte("s3cr3t"))
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
 	for c, want := range tests {
 		err := fmt.Errorf("resolve: %w: %w", resolve.ErrUnavailable, &cause.Error{Cause: c, Err: fmt.Errorf("secret-host.example as user metaproxy")})
 		d, _ := New(failing{err}, s, answercache.Options{}, slog.New(slog.DiscardHandler))
-		resp, dec := d.Decide(context.Background(), md, req("10.0.0.5:1"))
+		resp, dec := d.Decide(ctx, req("10.0.0.5:1"))
 		body := string(resp.GetImmediateResponse().GetBody())
 		if dec.Status != http.StatusServiceUnavailable || !strings.Contains(body, want) || strings.Contains(body, "secret-host") {
 			t.Errorf("%s: %d %q, want 503 saying %q", c, dec.Status, body, want)
@@ -215,9 +215,9 @@ func BenchmarkMemoryPerCachedVM(b *testing.B) {
 		}
 		for i := range vms {
 			network := fmt.Sprintf("5e1f0000-0000-4000-8000-%012d", i%networks)
-			md := metadata.Pairs(contract.NetworkIDMetadata, network)
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, network))
 			addr := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-			if _, dec := d.Decide(context.Background(), md, req(netip.AddrPortFrom(addr, 40000).String())); dec.Status != http.StatusOK {
+			if _, dec := d.Decide(ctx, req(netip.AddrPortFrom(addr, 40000).String())); dec.Status != http.StatusOK {
 				b.Fatalf("decision %+v", dec)
 			}
 		}
@@ -246,7 +246,7 @@ func TestResolverPanicIsAnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, dec := d.Decide(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"), req("10.0.0.5:1"))
+	resp, dec := d.Decide(metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1")), req("10.0.0.5:1"))
 	if dec.Status != http.StatusInternalServerError || resp.GetImmediateResponse().GetStatus().GetCode() != http.StatusInternalServerError {
 		t.Fatalf("decision %+v, response %v; want a 500", dec, resp)
 	}

@@ -63,15 +63,15 @@ func TestOneVMCannotFloodTheLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md := metadata.Pairs(contract.NetworkIDMetadata, "net1")
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, "net1"))
 	for range 1000 {
-		d.RequestHeaders(context.Background(), md, req("10.0.0.9:1"))
+		d.RequestHeaders(ctx, req("10.0.0.9:1"))
 	}
 	if n := strings.Count(logs.String(), "metadata request not forwarded"); n != 3 {
 		t.Fatalf("%d lines for 1000 requests from one VM, want 3:\n%s", n, logs.String())
 	}
 	// Another VM is not silenced by the first, and its line says how many were dropped.
-	d.RequestHeaders(context.Background(), md, req("10.0.0.10:1"))
+	d.RequestHeaders(ctx, req("10.0.0.10:1"))
 	last := logs.String()[strings.LastIndex(strings.TrimSpace(logs.String()), "\n")+1:]
 	if !strings.Contains(last, "vm_addr=10.0.0.10") || !strings.Contains(last, fmt.Sprintf("suppressed=%d", 997)) {
 		t.Errorf("last line %q, want vm 10.0.0.10 and suppressed=997", last)

@@ -96,27 +96,27 @@ type observation struct {
 	start time.Time  // zero unless metrics
 }
 
-// begin starts observing a decision on a stream whose metadata is md.
-func (o observer) begin(ctx context.Context, md metadata.MD) (context.Context, observation) {
+// begin starts observing a decision on the stream whose context is ctx.
+func (o observer) begin(ctx context.Context) (context.Context, observation) {
 	var ob observation
 	if o.m != nil {
 		ob.start = time.Now()
 	}
 	if o.tracer != nil {
-		ctx, ob.span = o.tracer.Start(envoyTrace(ctx, md), SpanDecide, trace.WithSpanKind(trace.SpanKindServer))
+		ctx, ob.span = o.tracer.Start(envoyTrace(ctx), SpanDecide, trace.WithSpanKind(trace.SpanKindServer))
 	}
 	return ctx, ob
 }
 
 // end records dec and sets its TraceID: the decision span's, or without tracing (for a decision
 // that is not 200, which is logged) the trace Envoy propagated.
-func (o observer) end(ctx context.Context, md metadata.MD, ob observation, dec *Decision) {
+func (o observer) end(ctx context.Context, ob observation, dec *Decision) {
 	switch {
 	case ob.span != nil:
 		dec.TraceID = ob.span.SpanContext().TraceID()
 		endDecision(ob.span, dec)
 	case dec.Status != http.StatusOK:
-		dec.TraceID = trace.SpanContextFromContext(envoyTrace(ctx, md)).TraceID()
+		dec.TraceID = trace.SpanContextFromContext(envoyTrace(ctx)).TraceID()
 	}
 	if o.m != nil {
 		o.m.record(ctx, dec, time.Since(ob.start))
@@ -172,8 +172,8 @@ func (o observer) watch(r resolve.Resolver, onEvict func()) (resolve.Resolver, f
 
 // envoyTrace returns ctx with the remote span context Envoy's tracer put in the stream's gRPC
 // metadata, if any: W3C trace context only (traceparent, tracestate), never baggage.
-func envoyTrace(ctx context.Context, md metadata.MD) context.Context {
-	return propagation.TraceContext{}.Extract(ctx, mdCarrier(md))
+func envoyTrace(ctx context.Context) context.Context {
+	return propagation.TraceContext{}.Extract(ctx, mdCarrier{ctx})
 }
 
 // endDecision sets the decision's attributes on span and ends it.
@@ -211,21 +211,23 @@ func queryAttrs(attrs []attribute.KeyValue, q resolve.Query) []attribute.KeyValu
 	return attrs
 }
 
-// mdCarrier reads trace context from gRPC metadata (keys are lower case).
-type mdCarrier metadata.MD
+// mdCarrier reads trace context from the gRPC metadata a stream's context carries (keys are lower
+// case), without copying the whole of it.
+type mdCarrier struct{ ctx context.Context }
 
-var _ propagation.TextMapCarrier = mdCarrier(nil)
+var _ propagation.TextMapCarrier = mdCarrier{}
 
 func (c mdCarrier) Get(key string) string {
-	if v := metadata.MD(c).Get(key); len(v) > 0 {
+	if v := metadata.ValueFromIncomingContext(c.ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""
 }
 func (c mdCarrier) Set(string, string) {}
 func (c mdCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
+	md, _ := metadata.FromIncomingContext(c.ctx)
+	keys := make([]string, 0, len(md))
+	for k := range md {
 		keys = append(keys, k)
 	}
 	return keys

@@ -258,9 +258,9 @@ func TestSpans(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			tr := newTraced(t, &fakeNeutron{})
 			if tc.warm {
-				tr.d.Decide(context.Background(), mdNet, envoyRequest(tc.addr))
+				tr.d.Decide(metadata.NewIncomingContext(context.Background(), mdNet), envoyRequest(tc.addr))
 			}
-			_, dec := tr.d.Decide(context.Background(), fromEnvoy(traceparent(traceID, spanID)), envoyRequest(tc.addr))
+			_, dec := tr.d.Decide(metadata.NewIncomingContext(context.Background(), fromEnvoy(traceparent(traceID, spanID))), envoyRequest(tc.addr))
 			if dec.TraceID.String() != traceID {
 				t.Errorf("decision trace id %s, want %s", dec.TraceID, traceID)
 			}
@@ -319,10 +319,12 @@ func TestCoalescedSpans(t *testing.T) {
 	first := traceparent("11111111111111111111111111111111", "1111111111111111")
 	second := traceparent("22222222222222222222222222222222", "2222222222222222")
 	var wg sync.WaitGroup
-	wg.Go(func() { tr.d.Decide(context.Background(), fromEnvoy(first), envoyRequest("10.0.0.5")) })
+	wg.Go(func() {
+		tr.d.Decide(metadata.NewIncomingContext(context.Background(), fromEnvoy(first)), envoyRequest("10.0.0.5"))
+	})
 	<-n.arrived // the first request's lookup is at Neutron
 	waiting := &doneWatch{Context: context.Background(), asked: make(chan struct{})}
-	wg.Go(func() { tr.d.Decide(waiting, fromEnvoy(second), envoyRequest("10.0.0.5")) })
+	wg.Go(func() { tr.d.Decide(metadata.NewIncomingContext(waiting, fromEnvoy(second)), envoyRequest("10.0.0.5")) })
 	select {
 	case <-waiting.asked: // the second request waits for the first one's lookup
 	case <-time.After(10 * time.Second):
@@ -400,7 +402,7 @@ func TestTraceContextOnlyFromEnvoy(t *testing.T) {
 			if tc.header != "" {
 				vm = []string{"traceparent", traceparent(tc.header, vmSpan), "tracestate", "vm=1"}
 			}
-			_, dec := tr.d.Decide(context.Background(), md, envoyRequest("10.0.0.5", vm...))
+			_, dec := tr.d.Decide(metadata.NewIncomingContext(context.Background(), md), envoyRequest("10.0.0.5", vm...))
 			if !dec.TraceID.IsValid() {
 				t.Fatal("no trace id")
 			}
@@ -429,7 +431,7 @@ func TestVMBaggageNeverReachesNeutron(t *testing.T) {
 	n := &fakeNeutron{}
 	tr := newTraced(t, n)
 	md := fromEnvoy(traceparent(traceID, "0102030405060708"), "baggage", "tenant=from-metadata")
-	_, dec := tr.d.Decide(context.Background(), md, envoyRequest("10.0.0.5",
+	_, dec := tr.d.Decide(metadata.NewIncomingContext(context.Background(), md), envoyRequest("10.0.0.5",
 		"baggage", "project=evil,instance=forged", "traceparent", traceparent("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "0807060504030201")))
 	if dec.Status != http.StatusOK || dec.Outcome != answercache.Miss {
 		t.Fatalf("decision %+v, want a signed miss", dec)
@@ -453,7 +455,7 @@ func TestVMBaggageNeverReachesNeutron(t *testing.T) {
 func TestNotForwardedLogNamesTheTrace(t *testing.T) {
 	const traceID = "cccccccccccccccccccccccccccccccc"
 	tr := newTraced(t, &fakeNeutron{})
-	tr.d.RequestHeaders(context.Background(), fromEnvoy(traceparent(traceID, "0102030405060708")), envoyRequest("10.0.0.9"))
+	tr.d.RequestHeaders(metadata.NewIncomingContext(context.Background(), fromEnvoy(traceparent(traceID, "0102030405060708"))), envoyRequest("10.0.0.9"))
 	if !strings.Contains(tr.logs.String(), "trace_id="+traceID) {
 		t.Errorf("tracing on: log lacks the trace id:\n%s", tr.logs)
 	}
@@ -464,7 +466,7 @@ func TestNotForwardedLogNamesTheTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.RequestHeaders(context.Background(), fromEnvoy(traceparent(traceID, "0102030405060708")), envoyRequest("10.0.0.9"))
+	d.RequestHeaders(metadata.NewIncomingContext(context.Background(), fromEnvoy(traceparent(traceID, "0102030405060708"))), envoyRequest("10.0.0.9"))
 	if !strings.Contains(logs.String(), "trace_id="+traceID) || !strings.Contains(logs.String(), "status=404") {
 		t.Errorf("tracing off: log lacks the trace id:\n%s", logs.String())
 	}

@@ -25,15 +25,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
-// Processor answers the request_headers message of one stream. md is the stream's initial metadata.
-// When the answer asks Envoy for the upstream's response headers (mode_override), check is called
-// with the upstream's status once they arrive on the stream; it is nil otherwise.
+// Processor answers the request_headers message of one stream. ctx is the stream's: it carries the
+// stream's initial metadata (gRPC's incoming metadata). When the answer asks Envoy for the
+// upstream's response headers (mode_override), check is called with the upstream's status once they
+// arrive on the stream; it is nil otherwise.
 type Processor interface {
-	RequestHeaders(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(ctx context.Context, status int))
+	RequestHeaders(ctx context.Context, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, check func(ctx context.Context, status int))
 }
 
 // Server implements ExternalProcessor over a Processor.
@@ -108,7 +108,6 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		s.inFlight.Add(ctx, 1)
 		defer s.inFlight.Add(context.WithoutCancel(ctx), -1)
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	var check func(context.Context, int)
 	for {
 		req, err := stream.Recv()
@@ -118,7 +117,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return status.Errorf(codes.Unknown, "receive: %v", err)
 		}
-		resp, err := s.answer(ctx, md, req, &check)
+		resp, err := s.answer(ctx, req, &check)
 		if err != nil {
 			return err
 		}
@@ -132,7 +131,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 // the upstream's status (see Processor). A panic while answering (a bug: bad input gets an error
 // response, never a panic) answers that request with a 500 immediate response, and is counted
 // and logged: it costs one request, not the process.
-func (s *Server) answer(ctx context.Context, md metadata.MD, req *extprocv3.ProcessingRequest, check *func(context.Context, int)) (resp *extprocv3.ProcessingResponse, err error) {
+func (s *Server) answer(ctx context.Context, req *extprocv3.ProcessingRequest, check *func(context.Context, int)) (resp *extprocv3.ProcessingResponse, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			*check = nil
@@ -141,7 +140,7 @@ func (s *Server) answer(ctx context.Context, md metadata.MD, req *extprocv3.Proc
 	}()
 	switch req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		resp, *check = s.proc.RequestHeaders(ctx, md, req)
+		resp, *check = s.proc.RequestHeaders(ctx, req)
 		return resp, nil
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		if f := *check; f != nil {

@@ -427,7 +427,7 @@ func TestHealth(t *testing.T) {
 // verdictProcessor answers with a fixed response and a check that records nova's status.
 type verdictProcessor struct{ got chan int }
 
-func (v verdictProcessor) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+func (v verdictProcessor) RequestHeaders(context.Context, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
 		func(_ context.Context, status int) { v.got <- status }
 }
@@ -457,7 +457,7 @@ func TestResponseHeadersReachTheCheck(t *testing.T) {
 // it answers any other request like verdictProcessor.
 type panicky struct{}
 
-func (panicky) RequestHeaders(_ context.Context, _ metadata.MD, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+func (panicky) RequestHeaders(_ context.Context, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
 	src := req.GetAttributes()[contract.ExtProcAttributesKey].GetFields()[contract.SourceAddressAttribute].GetStringValue()
 	if strings.HasPrefix(src, "10.0.0.66:") {
 		_ = src[len(src)] // out of range: a runtime error, as a bug would cause
@@ -540,7 +540,7 @@ type held struct {
 	release chan struct{}
 }
 
-func (h held) RequestHeaders(context.Context, metadata.MD, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
+func (h held) RequestHeaders(context.Context, *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func(context.Context, int)) {
 	h.arrived <- struct{}{}
 	<-h.release
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}, nil

@@ -91,7 +91,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			contract.SourceAddressAttribute: structpb.NewStringValue(net.JoinHostPort(addr.String(), "0")),
 		}}},
 	}
-	resp, dec := w.decider.Decide(ctx, md, req)
+	resp, dec := w.decider.Decide(metadata.NewIncomingContext(ctx, md), req) // md as gRPC hands a stream Envoy's initial metadata
 	if ir := resp.GetImmediateResponse(); ir != nil {
 		fmt.Fprintf(stdout, "%s %s at %s -> answered %d without contacting nova: %s", dec.Query.Scope.Kind, dec.Query.Scope.ID, addr,
 			ir.GetStatus().GetCode(), ir.GetBody())

@@ -1,6 +1,7 @@
 package request
 
 import (
+	"context"
 	"errors"
 	"testing"
 
@@ -34,7 +35,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			reqs = append(reqs, &fromWire)
 		}
 		for _, req := range reqs {
-			q, err := Decode(md, req)
+			q, err := Decode(metadata.NewIncomingContext(context.Background(), md), req)
 			if err != nil {
 				var re *Error
 				if !errors.As(err, &re) || re.Status < 400 || re.Status > 599 {

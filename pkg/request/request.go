@@ -5,6 +5,7 @@
 package request
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -37,10 +38,11 @@ func misconfigured(format string, a ...any) *Error {
 	return &Error{Status: http.StatusInternalServerError, Message: fmt.Sprintf(format, a...)}
 }
 
-// Decode returns the query of one request_headers message on a stream whose initial metadata is md.
-// Every error is an *Error.
-func Decode(md metadata.MD, req *extprocv3.ProcessingRequest) (resolve.Query, error) {
-	scope, err := Scope(md)
+// Decode returns the query of one request_headers message of the stream whose context is ctx: the
+// scope from the stream's initial metadata (gRPC's incoming metadata in ctx), the VM address from
+// req. Every error is an *Error.
+func Decode(ctx context.Context, req *extprocv3.ProcessingRequest) (resolve.Query, error) {
+	scope, err := Scope(ctx)
 	if err != nil {
 		return resolve.Query{}, err
 	}
@@ -51,10 +53,11 @@ func Decode(md metadata.MD, req *extprocv3.ProcessingRequest) (resolve.Query, er
 	return resolve.Query{Scope: scope, Addr: addr}, nil
 }
 
-// Scope reads the network or router id from the stream's initial metadata: exactly one of the two
-// keys, with exactly one value, must be present (as neutron-metadata-agent answers 400 otherwise).
-func Scope(md metadata.MD) (resolve.Scope, error) {
-	nets, routers := md.Get(contract.NetworkIDMetadata), md.Get(contract.RouterIDMetadata)
+// Scope reads the network or router id from the stream's initial metadata, which ctx carries:
+// exactly one of the two keys, with exactly one value, must be present (as neutron-metadata-agent
+// answers 400 otherwise). Only these two keys are read (not a copy of the whole metadata).
+func Scope(ctx context.Context) (resolve.Scope, error) {
+	nets, routers := metadata.ValueFromIncomingContext(ctx, contract.NetworkIDMetadata), metadata.ValueFromIncomingContext(ctx, contract.RouterIDMetadata)
 	switch {
 	case len(nets) > 0 && len(routers) > 0:
 		return resolve.Scope{}, badRequest("both a network id and a router id were given")

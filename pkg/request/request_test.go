@@ -1,6 +1,7 @@
 package request
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -71,7 +72,7 @@ func TestDecode(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got, err := Decode(tc.md, envoyRequest(tc.source, tc.headers...))
+			got, err := Decode(metadata.NewIncomingContext(context.Background(), tc.md), envoyRequest(tc.source, tc.headers...))
 			if tc.wantStatus != 0 {
 				var re *Error
 				if !errors.As(err, &re) || re.Status != tc.wantStatus {

@@ -11,7 +11,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +26,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/metaproxy/metaproxy/pkg/contract"
+	"github.com/metaproxy/metaproxy/pkg/extproc"
 )
 
 // echoSocketEnv makes the test binary a UNIX-socket echo server on that path (for the two-process
@@ -211,5 +217,45 @@ func BenchmarkBaselineGRPC(b *testing.B) {
 			_, _, err := oneStream(ctx, c, &extprocv3.ProcessingRequest{})
 			return err
 		})
+	})
+}
+
+// BenchmarkWholeStream: one ext_proc stream per request, as Envoy opens them, client and server in
+// this process over a UNIX socket, against the floor and against cmd/extproc's server and decision
+// (a cached VM). The difference in allocs/op is what cmd/extproc's server allocates per request
+// above the floor's (whose answer is one shared message):
+//
+//	go test -run '^$' -bench WholeStream -benchmem ./e2e/internal/load
+func BenchmarkWholeStream(b *testing.B) {
+	b.Run("floor", func(b *testing.B) {
+		wholeStreams(b, nil, func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, NewFloor()) })
+	})
+	b.Run("cmd-extproc", func(b *testing.B) {
+		d, targets := newDecider(b, 1, 1)
+		srv := extproc.NewServer(d, slog.New(slog.DiscardHandler))
+		wholeStreams(b, &targets[0], func(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, srv) })
+	})
+}
+
+// wholeStreams runs b.N streams, two at a time (RunParallel), for the VM t (or a made-up one).
+func wholeStreams(b *testing.B, t *Target, register func(*grpc.Server)) {
+	if t == nil {
+		t = &Target{ScopeID: "bbbbbbbb-0000-4000-8000-00000000000b", Addr: netip.MustParseAddr("10.0.0.5")}
+	}
+	c := extprocv3.NewExternalProcessorClient(serveGRPC(b, register))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), contract.NetworkIDMetadata, t.ScopeID)
+	req := envoyRequest(t.Addr, 41234)
+	if kind, _, err := oneStream(ctx, c, req); err != nil || kind != "" {
+		b.Fatalf("first stream: %q %v; want the signed mutation", kind, err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if kind, _, err := oneStream(ctx, c, req); err != nil || kind != "" {
+				b.Errorf("stream: %q %v; want the signed mutation", kind, err)
+				return
+			}
+		}
 	})
 }

@@ -178,7 +178,7 @@ func TestEnvoyRequestDecodes(t *testing.T) {
 	// metadata, VM address from source.address.
 	d, targets := newDecider(t, 3, 1)
 	tg := targets[2]
-	_, dec := d.Decide(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, tg.ScopeID), envoyRequest(tg.Addr, 40001))
+	_, dec := d.Decide(metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, tg.ScopeID)), envoyRequest(tg.Addr, 40001))
 	if dec.Status != http.StatusOK || dec.Query.Addr != tg.Addr || dec.Query.Scope.ID != tg.ScopeID {
 		t.Fatalf("decision %+v for target %+v", dec, tg)
 	}
@@ -252,8 +252,8 @@ func TestBoundsByCount(t *testing.T) {
 // does (removals first, then overwrite with raw_value).
 func BenchmarkHeaderMutation(b *testing.B) {
 	d, targets := newDecider(b, 1, 1)
-	md := metadata.Pairs(contract.NetworkIDMetadata, targets[0].ScopeID)
-	resp, dec := d.Decide(context.Background(), md, envoyRequest(targets[0].Addr, 40000))
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, targets[0].ScopeID))
+	resp, dec := d.Decide(ctx, envoyRequest(targets[0].Addr, 40000))
 	if dec.Status != http.StatusOK {
 		b.Fatalf("decision %+v", dec)
 	}
@@ -288,8 +288,8 @@ func BenchmarkMemory100kPorts(b *testing.B) {
 		d, targets := newDecider(b, 100000, 100)
 		withIndex := heapMiB()
 		for _, t := range targets {
-			md := metadata.Pairs(contract.NetworkIDMetadata, t.ScopeID)
-			if _, dec := d.Decide(context.Background(), md, envoyRequest(t.Addr, 40000)); dec.Status != http.StatusOK {
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(contract.NetworkIDMetadata, t.ScopeID))
+			if _, dec := d.Decide(ctx, envoyRequest(t.Addr, 40000)); dec.Status != http.StatusOK {
 				b.Fatalf("decision %+v", dec)
 			}
 		}
