@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -83,7 +84,7 @@ func NewPortsData(data []byte) (*PortsFile, error) {
 
 // Len returns the number of ports currently loaded.
 func (p *PortsFile) Len() int {
-	return p.index.Load().ports
+	return p.index.Load().count
 }
 
 // Resolve finds the one port in q.Scope that owns q.Addr. It never returns ErrUnavailable: a
@@ -149,14 +150,14 @@ func (p *PortsFile) maybeReload() {
 	}
 	p.lastErr = ""
 	p.index.Store(idx)
-	p.logger.Info("ports file reloaded", "path", p.path, "ports", idx.ports)
+	p.logger.Info("ports file reloaded", "path", p.path, "ports", idx.count)
 }
 
 // reloadFailed logs a reload problem once per distinct error.
 func (p *PortsFile) reloadFailed(err error) {
 	if msg := err.Error(); msg != p.lastErr {
 		p.lastErr = msg
-		p.logger.Error("ports file reload failed, keeping the last good ports", "path", p.path, "ports", p.index.Load().ports, "err", err)
+		p.logger.Error("ports file reload failed, keeping the last good ports", "path", p.path, "ports", p.index.Load().count, "err", err)
 	}
 }
 
@@ -179,30 +180,108 @@ func readPortsFile(path string) (os.FileInfo, *portIndex, error) {
 	return fi, idx, nil
 }
 
-// portIndex is one parsed ports document, read-only once built.
+// portIndex is one parsed ports document, read-only once built. It holds no pointers per port, so
+// that the garbage collector, which marks a process's live heap in every cycle, has next to nothing
+// to scan in it however many ports it has: every id is a span of one string (text), the ports a
+// lookup key finds are a chain of packedPorts, and the keys are numbers and address bytes.
 type portIndex struct {
-	byIP       map[ipKey][]candidate
-	byMAC      map[macKey][]candidate
+	text       string              // every id of every port, one after the other
+	ports      []packedPort        // in document order, one per (port, key) it is found under
+	nets       map[string]netEntry // network id -> its number in the keys, and its id in text
+	byIP       map[ipKey]chain
+	byMAC      map[macKey]chain
 	routerNets map[string][]string // router id -> sorted distinct networks of its interface ports
-	ports      int
+	count      int                 // ports in the document
 }
 
+type netEntry struct {
+	num uint32
+	id  span
+}
+
+// span is text[off : off+n].
+type span struct{ off, n uint32 }
+
+// packedPort is one port found under a key; next is 1 + the index of the next port under the same
+// key (0: the last).
+type packedPort struct {
+	id, deviceID, projectID, tenantID, networkID span
+	next                                         uint32
+}
+
+// chain is 1 + the index of the first and of the last port under a key.
+type chain struct{ first, last uint32 }
+
 type ipKey struct {
-	network string
-	addr    netip.Addr
+	net  uint32
+	addr [16]byte // of the normalized address (IPv4 as IPv4-mapped: unambiguous once unmapped)
 }
 
 type macKey struct {
-	network string
-	mac     string
+	net uint32
+	mac [6]byte
 }
 
-// lookup returns the ports on network that own t. The slice is shared: do not modify it.
+func (idx *portIndex) str(s span) string { return idx.text[s.off : s.off+s.n] }
+
+// lookup returns the ports on network that own t, in document order.
 func (idx *portIndex) lookup(network string, t target) []candidate {
-	if t.mac != "" {
-		return idx.byMAC[macKey{network: network, mac: t.mac}]
+	n, ok := idx.nets[network]
+	if !ok {
+		return nil
 	}
-	return idx.byIP[ipKey{network: network, addr: t.addr}]
+	var c chain
+	if t.mac != "" {
+		hw, err := net.ParseMAC(t.mac)
+		if err != nil || len(hw) != 6 {
+			return nil
+		}
+		c = idx.byMAC[macKey{net: n.num, mac: [6]byte(hw)}]
+	} else {
+		c = idx.byIP[ipKey{net: n.num, addr: t.addr.As16()}]
+	}
+	var out []candidate
+	for i := c.first; i != 0; i = idx.ports[i-1].next {
+		p := &idx.ports[i-1]
+		out = append(out, candidate{id: idx.str(p.id), deviceID: idx.str(p.deviceID), projectID: idx.str(p.projectID),
+			tenantID: idx.str(p.tenantID), networkID: idx.str(p.networkID)})
+	}
+	return out
+}
+
+// indexBuilder builds a portIndex.
+type indexBuilder struct {
+	idx  *portIndex
+	text []byte
+}
+
+func (b *indexBuilder) add(s string) span {
+	sp := span{off: uint32(len(b.text)), n: uint32(len(s))}
+	b.text = append(b.text, s...)
+	return sp
+}
+
+// network returns the network's entry, adding it (and its id to text) the first time.
+func (b *indexBuilder) network(id string) netEntry {
+	if e, ok := b.idx.nets[id]; ok {
+		return e
+	}
+	e := netEntry{num: uint32(len(b.idx.nets)), id: b.add(id)}
+	b.idx.nets[id] = e
+	return e
+}
+
+// push appends p to the chain c, returning the new chain.
+func (b *indexBuilder) push(c chain, p packedPort) chain {
+	b.idx.ports = append(b.idx.ports, p)
+	i := uint32(len(b.idx.ports))
+	if c.last != 0 {
+		b.idx.ports[c.last-1].next = i
+	} else {
+		c.first = i
+	}
+	c.last = i
+	return c
 }
 
 // filePort is one port of a ports document; other attributes are ignored.
@@ -237,11 +316,13 @@ func parsePorts(data []byte) (*portIndex, error) {
 		return nil, errors.New(`not a Neutron ports document: no "ports" list`)
 	}
 	idx := &portIndex{
-		byIP:       make(map[ipKey][]candidate),
-		byMAC:      make(map[macKey][]candidate),
+		nets:       make(map[string]netEntry),
+		byIP:       make(map[ipKey]chain),
+		byMAC:      make(map[macKey]chain),
 		routerNets: make(map[string][]string),
-		ports:      len(*doc.Ports),
+		count:      len(*doc.Ports),
 	}
+	b := &indexBuilder{idx: idx}
 	ids := make(map[string]bool, len(*doc.Ports))
 	owners := routerInterfaceOwners()
 	for i, fp := range *doc.Ports {
@@ -255,30 +336,45 @@ func parsePorts(data []byte) (*portIndex, error) {
 		if fp.NetworkID == "" {
 			return nil, fmt.Errorf("port %s has no network_id", fp.ID)
 		}
-		c := candidate{id: fp.ID, deviceID: fp.DeviceID, projectID: fp.ProjectID, tenantID: fp.TenantID, networkID: fp.NetworkID}
+		if need := len(fp.ID) + len(fp.DeviceID) + len(fp.ProjectID) + len(fp.TenantID) + len(fp.NetworkID); uint64(len(b.text))+uint64(need) > math.MaxUint32 {
+			return nil, errors.New("ports document too large: its ids exceed 4 GiB")
+		}
+		var hw net.HardwareAddr
 		if fp.MACAddress != "" {
-			hw, err := net.ParseMAC(fp.MACAddress)
-			if err != nil || len(hw) != 6 {
+			var err error
+			if hw, err = net.ParseMAC(fp.MACAddress); err != nil || len(hw) != 6 {
 				return nil, fmt.Errorf("port %s: invalid mac_address %q", fp.ID, fp.MACAddress)
 			}
-			k := macKey{network: fp.NetworkID, mac: hw.String()}
-			idx.byMAC[k] = append(idx.byMAC[k], c)
 		}
+		addrs := make([]netip.Addr, 0, len(fp.FixedIPs))
 		for _, ip := range fp.FixedIPs {
 			a, err := netip.ParseAddr(ip.IPAddress)
 			if err != nil {
 				return nil, fmt.Errorf("port %s: invalid fixed ip %q", fp.ID, ip.IPAddress)
 			}
-			k := ipKey{network: fp.NetworkID, addr: NormalizeAddr(a)}
-			if cur := idx.byIP[k]; len(cur) > 0 && cur[len(cur)-1].id == fp.ID {
+			addrs = append(addrs, NormalizeAddr(a))
+		}
+		netw := b.network(fp.NetworkID)
+		p := packedPort{id: b.add(fp.ID), deviceID: b.add(fp.DeviceID), projectID: b.add(fp.ProjectID),
+			tenantID: b.add(fp.TenantID), networkID: netw.id}
+		if hw != nil {
+			k := macKey{net: netw.num, mac: [6]byte(hw)}
+			idx.byMAC[k] = b.push(idx.byMAC[k], p)
+		}
+		for _, a := range addrs {
+			k := ipKey{net: netw.num, addr: a.As16()}
+			c := idx.byIP[k]
+			if c.last != 0 && idx.ports[c.last-1].id == p.id {
 				continue // the same address listed twice on one port is still one port
 			}
-			idx.byIP[k] = append(idx.byIP[k], c)
+			idx.byIP[k] = b.push(c, p)
 		}
 		if fp.DeviceID != "" && slices.Contains(owners, fp.DeviceOwner) {
 			idx.routerNets[fp.DeviceID] = append(idx.routerNets[fp.DeviceID], fp.NetworkID)
 		}
 	}
+	idx.text = string(b.text)
+	idx.ports = slices.Clone(idx.ports) // without the slack append left
 	for r, nets := range idx.routerNets {
 		slices.Sort(nets)
 		idx.routerNets[r] = slices.Compact(nets)

@@ -126,6 +126,9 @@ func TestPortsFileRules(t *testing.T) {
 		"router: dvr interface network":           {scope: viaR, addr: "10.2.0.7", want: Instance{InstanceID: "vm-7", ProjectID: "proj7", PortID: "p-7", NetworkID: "net-2"}},
 		"router: gateway network is not searched": {scope: viaR, addr: "192.0.2.5", wantErr: ErrNotFound},
 		"invalid address":                         {scope: on, addr: "", wantMsg: "no valid source address"},
+		"an address of another network":           {scope: on, addr: "10.2.0.7", wantErr: ErrNotFound},
+		"a mac of another network":                {scope: on, addr: "fe80::f816:3eff:fe00:107", wantErr: ErrNotFound},
+		"a network the file does not have":        {scope: Scope{Kind: KindNetwork, ID: "net-x"}, addr: "10.1.0.4", wantErr: ErrNotFound},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
