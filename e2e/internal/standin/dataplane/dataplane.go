@@ -52,9 +52,12 @@ type DataPlane struct {
 	running    map[string]*runningListener
 	// bound are the sockets of listeners added or rebound and not serving yet (warming: their
 	// route configuration has not arrived), opened when the listener was applied, as Envoy does.
-	bound    map[string][]net.Listener
-	routes   atomic.Pointer[map[string]*hcm.RouteTable]
-	versions map[string]int
+	bound  map[string][]net.Listener
+	routes atomic.Pointer[map[string]*hcm.RouteTable]
+	// routeUsed is when each route table was last named by a listener (see pruneRoutes).
+	routeUsed map[string]time.Time
+	now       func() time.Time
+	versions  map[string]int
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -69,6 +72,7 @@ func New(log *slog.Logger, stats *hcm.Stats) *DataPlane {
 		clusterCfg: map[string]*cluster.Config{}, clusterKey: map[string]string{},
 		endpoints: map[string][]cluster.Endpoint{}, listeners: map[string]*listenerSpec{},
 		running: map[string]*runningListener{}, bound: map[string][]net.Listener{}, versions: map[string]int{}, ready: make(chan struct{}),
+		routeUsed: map[string]time.Time{}, now: time.Now,
 	}
 	empty := map[string]*hcm.RouteTable{}
 	d.routes.Store(&empty)
@@ -223,8 +227,14 @@ func (d *DataPlane) applyEndpoints(res map[string]*anypb.Any) error {
 	return nil
 }
 
+// applyRoutes takes the route configurations of an RDS update. As in Envoy, a route configuration
+// the server leaves out or removes is kept: Envoy's RdsRouteConfigSubscription ignores a delta
+// removal ("attempting to remove a resource ... Ignoring") and a state-of-the-world update without
+// the resource (validateUpdateSize: update_empty), source/common/rds/rds_route_config_subscription.cc.
+// A route configuration goes away with the last listener that uses it, draining ones included
+// (pruneRoutes); until then a removed listener's open connections keep their routes.
 func (d *DataPlane) applyRoutes(res map[string]*anypb.Any) error {
-	tables := map[string]*hcm.RouteTable{}
+	tables := maps.Clone(*d.routes.Load())
 	var errs []error
 	for name, a := range res {
 		var rc routev3.RouteConfiguration
@@ -245,6 +255,39 @@ func (d *DataPlane) applyRoutes(res map[string]*anypb.Any) error {
 	d.routes.Store(&tables)
 	d.reconcile()
 	return nil
+}
+
+// routeLinger is how long a route table no listener names is kept: the longest a removed
+// listener's connections still answer requests (drainTime, then the shutdown's 5 s).
+const routeLinger = drainTime + 5*time.Second
+
+// pruneRoutes drops the route tables no listener has named for routeLinger, as Envoy destroys a
+// route configuration provider with the last (draining) listener holding it. It runs with every
+// update (lazily: a table may outlive its listeners a little longer, never less).
+func (d *DataPlane) pruneRoutes() {
+	now := d.now()
+	named := map[string]bool{}
+	for _, l := range d.listeners {
+		named[l.hcm.RDSName] = true
+	}
+	cur := *d.routes.Load()
+	var kept map[string]*hcm.RouteTable
+	for name := range cur {
+		used, seen := d.routeUsed[name]
+		switch {
+		case named[name] || !seen:
+			d.routeUsed[name] = now
+		case now.Sub(used) > routeLinger:
+			if kept == nil {
+				kept = maps.Clone(cur)
+			}
+			delete(kept, name)
+			delete(d.routeUsed, name)
+		}
+	}
+	if kept != nil {
+		d.routes.Store(&kept)
+	}
 }
 
 // listenerSpec is a parsed listener.
@@ -441,6 +484,7 @@ func (d *DataPlane) applyListeners(res map[string]*anypb.Any) error {
 // RDS route configuration is here) serve on their new sockets or get their new filters in place;
 // a warming listener's previous version keeps serving.
 func (d *DataPlane) reconcile() {
+	d.pruneRoutes()
 	for name, rl := range d.running {
 		if _, ok := d.listeners[name]; !ok {
 			d.log.Info("listener removed", "listener", name)

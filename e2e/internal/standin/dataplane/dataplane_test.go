@@ -18,6 +18,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/metaproxy/metaproxy/e2e/internal/standin/hcm"
+	"github.com/metaproxy/metaproxy/e2e/internal/standin/xdsclient"
 )
 
 func mustAny(t *testing.T, m proto.Message) *anypb.Any {
@@ -160,5 +163,49 @@ func TestSocketsKeptAsEnvoyClonesThem(t *testing.T) {
 	}
 	if key("/var/run/netns/./qdhcp-a", nil) == base {
 		t.Error("another spelling of the namespace path keeps the socket")
+	}
+}
+
+// TestRouteConfigOutlivesItsRemoval: as in Envoy, an RDS update that removes or leaves out a route
+// configuration keeps it, and so does removing the last listener that names it, while that
+// listener's connections may still drain; only then is it dropped.
+func TestRouteConfigOutlivesItsRemoval(t *testing.T) {
+	d := New(slog.New(slog.DiscardHandler), hcm.NewStats())
+	defer d.Close()
+	now := time.Now()
+	d.now = func() time.Time { return now }
+	m := &hcmv3.HttpConnectionManager{
+		StatPrefix: "metadata",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "metadata",
+			ConfigSource: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}},
+		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}}},
+	}
+	l := &listenerv3.Listener{Name: "l", Address: socketAddress(0), FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+		Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, m)},
+	}}}}}
+	apply := func(typeURL string, res map[string]*anypb.Any) {
+		t.Helper()
+		if err := d.Apply(typeURL, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	route := func() bool { return d.env().RouteTable("metadata") != nil }
+	apply(xdsclient.ListenerType, map[string]*anypb.Any{"l": mustAny(t, l)})
+	apply(xdsclient.RouteType, map[string]*anypb.Any{"metadata": mustAny(t, &routev3.RouteConfiguration{Name: "metadata"})})
+	if !route() {
+		t.Fatal("the route configuration was not applied")
+	}
+	apply(xdsclient.RouteType, map[string]*anypb.Any{})
+	if !route() {
+		t.Fatal("an RDS update without the route configuration dropped it; Envoy ignores such removals")
+	}
+	apply(xdsclient.ListenerType, map[string]*anypb.Any{})
+	if !route() {
+		t.Fatal("the route configuration went with its listener, whose connections still drain")
+	}
+	now = now.Add(routeLinger + time.Second)
+	apply(xdsclient.ListenerType, map[string]*anypb.Any{})
+	if route() {
+		t.Error("the route configuration is kept although no listener has named it for longer than any drain")
 	}
 }
