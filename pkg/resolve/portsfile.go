@@ -346,14 +346,6 @@ func parsePorts(data []byte) (*portIndex, error) {
 				return nil, fmt.Errorf("port %s: invalid mac_address %q", fp.ID, fp.MACAddress)
 			}
 		}
-		addrs := make([]netip.Addr, 0, len(fp.FixedIPs))
-		for _, ip := range fp.FixedIPs {
-			a, err := netip.ParseAddr(ip.IPAddress)
-			if err != nil {
-				return nil, fmt.Errorf("port %s: invalid fixed ip %q", fp.ID, ip.IPAddress)
-			}
-			addrs = append(addrs, NormalizeAddr(a))
-		}
 		netw := b.network(fp.NetworkID)
 		p := packedPort{id: b.add(fp.ID), deviceID: b.add(fp.DeviceID), projectID: b.add(fp.ProjectID),
 			tenantID: b.add(fp.TenantID), networkID: netw.id}
@@ -361,8 +353,12 @@ func parsePorts(data []byte) (*portIndex, error) {
 			k := macKey{net: netw.num, mac: [6]byte(hw)}
 			idx.byMAC[k] = b.push(idx.byMAC[k], p)
 		}
-		for _, a := range addrs {
-			k := ipKey{net: netw.num, addr: a.As16()}
+		for _, ip := range fp.FixedIPs {
+			a, err := netip.ParseAddr(ip.IPAddress)
+			if err != nil {
+				return nil, fmt.Errorf("port %s: invalid fixed ip %q", fp.ID, ip.IPAddress)
+			}
+			k := ipKey{net: netw.num, addr: NormalizeAddr(a).As16()}
 			c := idx.byIP[k]
 			if c.last != 0 && idx.ports[c.last-1].id == p.id {
 				continue // the same address listed twice on one port is still one port
