@@ -532,7 +532,7 @@ func (l *vmLoad) worker(c *http.Client, v *vm, pause time.Duration) {
 			case err != nil:
 				a.err = "reading the body: " + err.Error()
 			case resp.StatusCode != http.StatusOK:
-				a.err = fmt.Sprintf("status %d: %.200s", resp.StatusCode, body)
+				a.err = fmt.Sprintf("status %d (Server: %q): %.200s", resp.StatusCode, resp.Header.Get("Server"), body)
 			case json.Unmarshal(body, &md) != nil || md.UUID != v.os.InstanceID:
 				a.err = fmt.Sprintf("not the VM's own metadata: %.200s", body)
 			}

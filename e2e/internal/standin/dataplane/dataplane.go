@@ -54,10 +54,10 @@ type DataPlane struct {
 	// route configuration has not arrived), opened when the listener was applied, as Envoy does.
 	bound  map[string][]net.Listener
 	routes atomic.Pointer[map[string]*hcm.RouteTable]
-	// routeUsed is when each route table was last named by a listener (see pruneRoutes).
-	routeUsed map[string]time.Time
-	now       func() time.Time
-	versions  map[string]int
+	// unnamedSince is when each route table no listener names stopped being named (pruneRoutes).
+	unnamedSince map[string]time.Time
+	now          func() time.Time
+	versions     map[string]int
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -72,7 +72,7 @@ func New(log *slog.Logger, stats *hcm.Stats) *DataPlane {
 		clusterCfg: map[string]*cluster.Config{}, clusterKey: map[string]string{},
 		endpoints: map[string][]cluster.Endpoint{}, listeners: map[string]*listenerSpec{},
 		running: map[string]*runningListener{}, bound: map[string][]net.Listener{}, versions: map[string]int{}, ready: make(chan struct{}),
-		routeUsed: map[string]time.Time{}, now: time.Now,
+		unnamedSince: map[string]time.Time{}, now: time.Now,
 	}
 	empty := map[string]*hcm.RouteTable{}
 	d.routes.Store(&empty)
@@ -263,7 +263,8 @@ const routeLinger = drainTime + 5*time.Second
 
 // pruneRoutes drops the route tables no listener has named for routeLinger, as Envoy destroys a
 // route configuration provider with the last (draining) listener holding it. It runs with every
-// update (lazily: a table may outlive its listeners a little longer, never less).
+// update: the update that removes a table's last listener starts the linger (lazily: a table may
+// outlive its listeners a little longer, never less).
 func (d *DataPlane) pruneRoutes() {
 	now := d.now()
 	named := map[string]bool{}
@@ -273,16 +274,18 @@ func (d *DataPlane) pruneRoutes() {
 	cur := *d.routes.Load()
 	var kept map[string]*hcm.RouteTable
 	for name := range cur {
-		used, seen := d.routeUsed[name]
+		since, unnamed := d.unnamedSince[name]
 		switch {
-		case named[name] || !seen:
-			d.routeUsed[name] = now
-		case now.Sub(used) > routeLinger:
+		case named[name]:
+			delete(d.unnamedSince, name)
+		case !unnamed:
+			d.unnamedSince[name] = now
+		case now.Sub(since) > routeLinger:
 			if kept == nil {
 				kept = maps.Clone(cur)
 			}
 			delete(kept, name)
-			delete(d.routeUsed, name)
+			delete(d.unnamedSince, name)
 		}
 	}
 	if kept != nil {

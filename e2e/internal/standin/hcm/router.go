@@ -44,6 +44,7 @@ func (rt *router) decodeHeaders(ctx context.Context, s *Stream, _ any) bool {
 	route := s.Route()
 	if route == nil {
 		s.env.Stats.Inc("http." + s.cfg.StatPrefix + ".no_route")
+		s.log.Info("no route (route_not_found)", "route_config", s.cfg.RDSName, "authority", s.Authority)
 		s.sendLocalReply(http.StatusNotFound, "", nil)
 		return false
 	}
