@@ -27,16 +27,20 @@ import (
 // reflection is the resource's type, and any reflective use (proto.Equal, proto.Clone, protojson,
 // prototext, fmt) sees the complete resource, decoded from the encoding the first time it is
 // asked for. What go-control-plane does with every resource of every response is marshal it
-// (cache.MarshalResource); for a served that is the kept encoding itself, through protobuf's fast
-// path (protoiface.Methods), not a copy of it: a response in flight holds no copy of its
-// resources (a hundred listeners are 80 KB) and building it costs no encoding. The encoding is also
-// all that is kept of the resource: a listener's Go form takes ~1.5 times the memory
-// (BenchmarkListenerForm, docs/benchmarks.md). A served is immutable: setting a field through its
-// reflection panics (nothing in go-control-plane modifies a resource, pkg/cache/v3's cachedResource).
+// (cache.MarshalResource); for a served that is, through protobuf's fast path
+// (protoiface.Methods), the kept encoding itself (clusters, routes, the first listener of each
+// shape), or the encoding made again from a template and the listener's differences from it
+// (patch.go): no reflection, no encoding of a message. The encoding, or those differences, is all
+// that is kept of the resource: a listener's Go form takes ~1.5 times the memory of its encoding,
+// and its differences from a template ~a fifth (BenchmarkListenerForm, docs/benchmarks.md). A
+// served is immutable: setting a field through its reflection panics (nothing in go-control-plane
+// modifies a resource, pkg/cache/v3's cachedResource).
 type served struct {
-	raw  []byte                   // the deterministic encoding of the resource
-	typ  protoreflect.MessageType // the resource's type
-	name string
+	// base is the deterministic encoding of the resource or, with patch, the template it differs
+	// from by patch (patchedAppend).
+	base, patch []byte
+	typ         protoreflect.MessageType // the resource's type
+	name        string
 	// digest is the SHA-256 of the encoding; in hex (version) it is cache.HashResource of it.
 	digest [sha256.Size]byte
 	// refs are the names of the resources of the dependent type this one needs (a listener's
@@ -63,7 +67,15 @@ func encodeWithRefs(m types.Resource, refs []string) (*served, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", name, err)
 	}
-	return &served{raw: b, typ: m.ProtoReflect().Type(), name: name, digest: sha256.Sum256(b), refs: refs}, nil
+	return &served{base: b, typ: m.ProtoReflect().Type(), name: name, digest: sha256.Sum256(b), refs: refs}, nil
+}
+
+// encoding returns the resource's encoding: the kept one, or one made from the template.
+func (s *served) encoding() []byte {
+	if s.patch == nil {
+		return s.base
+	}
+	return patchedAppend(make([]byte, 0, len(s.base)), s.base, s.patch)
 }
 
 // version is the delta resource version of s: cache.HashResource of the encoding, as
@@ -87,7 +99,7 @@ func (s *served) full() protoreflect.Message {
 		return d.m
 	}
 	m := s.typ.New()
-	if err := proto.Unmarshal(s.raw, m.Interface()); err != nil {
+	if err := proto.Unmarshal(s.encoding(), m.Interface()); err != nil {
 		// The encoding was made by proto from a message of this type.
 		panic(fmt.Sprintf("decode served %s %s: %v", s.typ.Descriptor().FullName(), s.name, err))
 	}
@@ -132,8 +144,9 @@ func (m *servedReflect) immutable() {
 	panic(fmt.Sprintf("served %s %s is immutable", m.typ.Descriptor().FullName(), m.name))
 }
 
-// servedMethods encode a served as its kept encoding. Marshaling into no buffer, what proto.Marshal
-// does, returns the encoding itself, capacity-limited so that an append copies; go-control-plane
+// servedMethods encode a served as its kept encoding. Marshaling a whole one into no buffer, what
+// proto.Marshal does, returns the encoding itself, capacity-limited so that an append copies; a
+// patched one is made in a buffer of its size (the template's); go-control-plane
 // only reads it (into an Any, and a hash for delta). There is no Size method on purpose: given
 // one, proto.Marshal allocates a buffer of that size before calling Marshal (proto.Size calls
 // Marshal instead, which costs nothing here). The encoding came from a complete message, so it is
@@ -142,11 +155,18 @@ func (m *servedReflect) immutable() {
 var servedMethods = protoiface.Methods{
 	Flags: protoiface.SupportMarshalDeterministic,
 	Marshal: func(in protoiface.MarshalInput) (protoiface.MarshalOutput, error) {
-		raw := in.Message.(*servedReflect).raw
-		if len(in.Buf) == 0 {
-			return protoiface.MarshalOutput{Buf: raw[:len(raw):len(raw)]}, nil
+		s := in.Message.(*servedReflect).s()
+		switch {
+		case s.patch != nil:
+			buf := in.Buf
+			if len(buf) == 0 {
+				buf = make([]byte, 0, len(s.base))
+			}
+			return protoiface.MarshalOutput{Buf: patchedAppend(buf, s.base, s.patch)}, nil
+		case len(in.Buf) == 0:
+			return protoiface.MarshalOutput{Buf: s.base[:len(s.base):len(s.base)]}, nil
 		}
-		return protoiface.MarshalOutput{Buf: append(in.Buf, raw...)}, nil
+		return protoiface.MarshalOutput{Buf: append(in.Buf, s.base...)}, nil
 	},
 	CheckInitialized: func(protoiface.CheckInitializedInput) (protoiface.CheckInitializedOutput, error) {
 		return protoiface.CheckInitializedOutput{}, nil
@@ -169,7 +189,7 @@ func referenced(m types.Resource) []string {
 // listener decodes s as a listener.
 func (s *served) listener() (*listenerv3.Listener, error) {
 	l := &listenerv3.Listener{}
-	if err := proto.Unmarshal(s.raw, l); err != nil {
+	if err := proto.Unmarshal(s.encoding(), l); err != nil {
 		return nil, fmt.Errorf("decode listener %s: %w", s.name, err)
 	}
 	return l, nil
@@ -253,12 +273,21 @@ type common struct {
 	// TestListenersNameTheSharedRoutes checks that invariant with GetResourceReferences itself.
 	refsOnce     sync.Once
 	listenerRefs []string
+
+	// templates are the listener encodings the others are kept relative to (patch.go).
+	templates templates
 }
 
-// encodeListener encodes a listener built from the common's translate.Shared.
+// encodeListener encodes a listener built from the common's translate.Shared, kept as its
+// differences from a template when that is smaller.
 func (cm *common) encodeListener(l *listenerv3.Listener) (*served, error) {
 	cm.refsOnce.Do(func() { cm.listenerRefs = referenced(l) })
-	return encodeWithRefs(l, cm.listenerRefs)
+	s, err := encodeWithRefs(l, cm.listenerRefs)
+	if err != nil {
+		return nil, err
+	}
+	s.base, s.patch = cm.templates.compact(s.base)
+	return s, nil
 }
 
 // newCommon encodes the clusters and routes once for every node.

@@ -43,11 +43,11 @@ func TestServedMarshalsToItsEncoding(t *testing.T) {
 	if !bytes.Equal(got, want) || proto.Size(s) != len(want) {
 		t.Fatalf("served marshals to %d bytes (size %d), want the listener's %d", len(got), proto.Size(s), len(want))
 	}
-	if &got[0] != &s.raw[0] {
+	if &got[0] != &s.base[0] {
 		t.Error("marshaling a served copied its encoding")
 	}
 	_ = append(got, 0xff)
-	if !bytes.Equal(s.raw, want) {
+	if !bytes.Equal(s.base, want) {
 		t.Error("an append to the marshaled bytes changed the kept encoding")
 	}
 	if cache.GetResourceName(s) != ls[0].GetName() || s.version() != cache.HashResource(want) {
@@ -114,7 +114,7 @@ func TestServedReflectsTheResource(t *testing.T) {
 			fd := s.ProtoReflect().Descriptor().Fields().ByName("name")
 			s.ProtoReflect().Set(fd, protoreflect.ValueOfString("other"))
 		}()
-		if got, err := cache.MarshalResource(s); err != nil || !bytes.Equal(got, s.raw) {
+		if got, err := cache.MarshalResource(s); err != nil || !bytes.Equal(got, s.encoding()) {
 			t.Errorf("%s: after reflective use, marshal gives %d bytes (%v), want the encoding", l.GetName(), len(got), err)
 		}
 	}
