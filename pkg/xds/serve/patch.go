@@ -46,19 +46,24 @@ func (ts *templates) compact(b []byte) (base, patch []byte) {
 	if !ok {
 		return b, nil
 	}
-	if patch = diff(t, b, len(b)/4); patch == nil {
+	var scratch [512]byte // the differences are made here, then kept in one allocation of their size
+	p := diff(t, b, len(b)/4, scratch[:0])
+	if p == nil {
 		return b, nil
 	}
-	return t, patch
+	return t, append(make([]byte, 0, len(p)), p...)
 }
 
-// diff returns the differences of b from t (the same length) as a sequence of (uvarint count of
-// equal bytes, uvarint count of different bytes, those bytes), or nil when they would take more
-// than limit bytes. Equal runs of at most patchGap bytes are kept in the differences.
-func diff(t, b []byte, limit int) []byte {
-	var out []byte
+// diff appends to out the differences of b from t (the same length) as a sequence of (uvarint
+// count of equal bytes, uvarint count of different bytes, those bytes), or returns nil when they
+// would take more than limit bytes. Equal runs of at most patchGap bytes are kept in the
+// differences.
+func diff(t, b []byte, limit int, out []byte) []byte {
 	for i := 0; i < len(b); {
 		start := i
+		for i+8 <= len(b) && binary.LittleEndian.Uint64(t[i:]) == binary.LittleEndian.Uint64(b[i:]) {
+			i += 8 // most of an encoding is equal to its template: compare it a word at a time
+		}
 		for i < len(b) && t[i] == b[i] {
 			i++
 		}
@@ -92,7 +97,7 @@ func diff(t, b []byte, limit int) []byte {
 	if out == nil {
 		out = []byte{} // b equals t: no differences, still patched (not nil)
 	}
-	return out[:len(out):len(out)]
+	return out
 }
 
 // patchedAppend appends to buf the encoding kept as base and patch (made by diff).

@@ -111,9 +111,9 @@ func TestDiffRoundTrips(t *testing.T) {
 			}
 		}
 		limit := r.IntN(n + 10)
-		p := diff(base, b, limit)
+		p := diff(base, b, limit, nil)
 		if p == nil {
-			if d := diff(base, b, 1<<30); len(d) <= limit {
+			if d := diff(base, b, 1<<30, nil); len(d) <= limit {
 				t.Fatalf("case %d: no differences kept under the limit %d, although they take %d bytes", i, limit, len(d))
 			}
 			continue
@@ -125,7 +125,7 @@ func TestDiffRoundTrips(t *testing.T) {
 			t.Fatalf("case %d: patched\n%x\nwant\n%x", i, got[1:], b)
 		}
 	}
-	if p := diff([]byte("same"), []byte("same"), 0); p == nil || len(p) != 0 {
+	if p := diff([]byte("same"), []byte("same"), 0, nil); p == nil || len(p) != 0 {
 		t.Errorf("equal encodings: differences %v, want none (not nil)", p)
 	}
 }
