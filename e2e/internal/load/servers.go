@@ -2,6 +2,8 @@ package load
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,8 +122,15 @@ type fixedIP struct {
 	IPAddress string `json:"ip_address"`
 }
 
-// GenNetworkID is the id of generated network i.
-func GenNetworkID(i int) string { return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i) }
+// GenNetworkID is the id of generated network i: a version 4 UUID as Neutron makes them, every
+// digit random-looking (a hash of i), so that the listeners of two networks differ where real
+// ones do (ids with mostly equal digits made cmd/xds's listeners look more alike than they are).
+func GenNetworkID(i int) string {
+	h := sha256.Sum256(binary.BigEndian.AppendUint64(nil, uint64(i)))
+	h[6] = h[6]&0x0f | 0x40 // version 4
+	h[8] = h[8]&0x3f | 0x80 // RFC 4122 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
 
 // WritePorts writes a ports document with n VM ports spread evenly over networks networks, and
 // returns the targets (network, address) in the order written. VM j of network i has address

@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"testing"
 
@@ -29,12 +30,20 @@ func fleet(nodes, perNode int, extra bool) source.Nodes {
 		nets := make([]source.Network, n)
 		for j := range nets {
 			k := i*(perNode+1) + j
-			id := fmt.Sprintf("%08x-0000-4000-8000-%012x", k, k)
+			id := benchNetworkID(k)
 			nets[j] = source.Network{Kind: resolve.KindNetwork, ID: id, NamespacePath: source.NamespacePath(source.DefaultNetnsDir, resolve.KindNetwork, id)}
 		}
 		out[fmt.Sprintf("node-%05d", i)] = nets
 	}
 	return out
+}
+
+// benchNetworkID is the id of network k: a version 4 UUID with random-looking digits (a hash of
+// k), as Neutron's are, so that listeners differ from each other where real ones do.
+func benchNetworkID(k int) string {
+	r := rand.New(rand.NewPCG(uint64(k), 15))
+	a, b := r.Uint64(), r.Uint64()
+	return fmt.Sprintf("%08x-%04x-4%03x-%04x-%012x", a>>32, a>>16&0xffff, a&0xfff, b>>48&0x3fff|0x8000, b&0xffffffffffff)
 }
 
 // BenchmarkApply measures one poll's work in Snapshots.Apply for fleets of the sizes `loadgen
