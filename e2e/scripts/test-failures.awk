@@ -2,11 +2,25 @@
 # (its own lines only, parallel tests untangled), so that the end of a long log says what broke.
 # Usage: awk -f e2e/scripts/test-failures.awk LOG
 function top(name) { sub(/\/.*/, "", name); return name }
-function flush(pkg,   t, n) {
+function flush(pkg,   t, n, msg, shown) {
 	for (t in failed) {
 		found = 1
-		printf "\n===== %s %s failed; its output (last 120 lines):\n", pkg, t
 		n = lines[t]
+		# First what the test itself reported ("x_test.go:N: ..." lines and the first 20 deeper-
+		# indented lines of each multi-line message; the rest of a log dump is elided), which a
+		# lab's log dumps can push out of the tail below.
+		printf "\n===== %s %s failed; its messages:\n", pkg, t
+		msg = 0; shown = 0
+		for (i = 1; i <= n && shown < 300; i++) {
+			line = buf[t, i]
+			if (line ~ /^ +[^ ]+_test\.go:[0-9]+: /) { match(line, /^ +/); msg = RLENGTH; more = 0; print line; shown++; continue }
+			if (msg && match(line, /^ +/) && RLENGTH > msg) {
+				if (++more <= 20) { print line; shown++ } else if (more == 21) { print "        [...]"; shown++ }
+				continue
+			}
+			msg = 0
+		}
+		printf "===== %s %s: its output (last 120 lines):\n", pkg, t
 		for (i = (n > 120 ? n - 119 : 1); i <= n; i++) print buf[t, i]
 	}
 	for (t in lines) for (i = 1; i <= lines[t]; i++) delete buf[t, i]
