@@ -158,11 +158,7 @@ var servedMethods = protoiface.Methods{
 		s := in.Message.(*servedReflect).s()
 		switch {
 		case s.patch != nil:
-			buf := in.Buf
-			if len(buf) == 0 {
-				buf = make([]byte, 0, len(s.base))
-			}
-			return protoiface.MarshalOutput{Buf: patchedAppend(buf, s.base, s.patch)}, nil
+			return protoiface.MarshalOutput{Buf: patchedAppend(slices.Grow(in.Buf, len(s.base)), s.base, s.patch)}, nil
 		case len(in.Buf) == 0:
 			return protoiface.MarshalOutput{Buf: s.base[:len(s.base):len(s.base)]}, nil
 		}
