@@ -237,8 +237,17 @@ func buildNetworks(sh *translate.Shared, cm *common, nets []source.Network) ([][
 	return out, nil
 }
 
-// buildNetwork translates and encodes the listeners of n (sorted by name, as translate returns them).
+// buildNetwork returns the listeners of n (sorted by name, as translate returns them): stamped
+// when n's shape is (stamp.go), else translated.
 func buildNetwork(sh *translate.Shared, cm *common, n source.Network) ([]*served, error) {
+	if out, ok := cm.stamps.listeners(sh, cm, n); ok {
+		return out, nil
+	}
+	return translateNetwork(sh, cm, n)
+}
+
+// translateNetwork translates and encodes the listeners of n.
+func translateNetwork(sh *translate.Shared, cm *common, n source.Network) ([]*served, error) {
 	ls, err := sh.Listeners(n)
 	if err != nil {
 		return nil, err

@@ -28,19 +28,21 @@ import (
 // prototext, fmt) sees the complete resource, decoded from the encoding the first time it is
 // asked for. What go-control-plane does with every resource of every response is marshal it
 // (cache.MarshalResource); for a served that is, through protobuf's fast path
-// (protoiface.Methods), the kept encoding itself (clusters, routes, the first listener of each
-// shape), or the encoding made again from a template and the listener's differences from it
-// (patch.go): no reflection, no encoding of a message. The encoding, or those differences, is all
-// that is kept of the resource: a listener's Go form takes ~1.5 times the memory of its encoding,
-// and its differences from a template ~a fifth (BenchmarkListenerForm, docs/benchmarks.md). A
+// (protoiface.Methods), the kept encoding itself (clusters, routes, listeners translate built),
+// or the encoding made again from its stamp and its network's id and interface name (stamp.go):
+// no reflection, no encoding of a message. The encoding, or the stamp and those values, is all
+// that is kept of the resource: a listener's Go form takes ~1.5 times the memory of its encoding
+// (BenchmarkListenerForm, docs/benchmarks.md), and a stamped listener keeps only its values. A
 // served is immutable: setting a field through its reflection panics (nothing in go-control-plane
 // modifies a resource, pkg/cache/v3's cachedResource).
 type served struct {
-	// base is the deterministic encoding of the resource or, with patch, the template it differs
-	// from by patch (patchedAppend).
-	base, patch []byte
-	typ         protoreflect.MessageType // the resource's type
-	name        string
+	// base is the deterministic encoding of the resource or, with stamp, the stamp's (which id and
+	// iface are written into).
+	base      []byte
+	stamp     *stamp
+	id, iface string
+	typ       protoreflect.MessageType // the resource's type
+	name      string
 	// digest is the SHA-256 of the encoding; in hex (version) it is cache.HashResource of it.
 	digest [sha256.Size]byte
 	// refs are the names of the resources of the dependent type this one needs (a listener's
@@ -70,12 +72,12 @@ func encodeWithRefs(m types.Resource, refs []string) (*served, error) {
 	return &served{base: b, typ: m.ProtoReflect().Type(), name: name, digest: sha256.Sum256(b), refs: refs}, nil
 }
 
-// encoding returns the resource's encoding: the kept one, or one made from the template.
+// encoding returns the resource's encoding: the kept one, or one made from the stamp.
 func (s *served) encoding() []byte {
-	if s.patch == nil {
+	if s.stamp == nil {
 		return s.base
 	}
-	return patchedAppend(make([]byte, 0, len(s.base)), s.base, s.patch)
+	return s.stamp.enc.appendTo(make([]byte, 0, len(s.base)), s.id, s.iface)
 }
 
 // version is the delta resource version of s: cache.HashResource of the encoding, as
@@ -146,7 +148,7 @@ func (m *servedReflect) immutable() {
 
 // servedMethods encode a served as its kept encoding. Marshaling a whole one into no buffer, what
 // proto.Marshal does, returns the encoding itself, capacity-limited so that an append copies; a
-// patched one is made in a buffer of its size (the template's); go-control-plane
+// stamped one is made in a buffer of its size (the stamp's); go-control-plane
 // only reads it (into an Any, and a hash for delta). There is no Size method on purpose: given
 // one, proto.Marshal allocates a buffer of that size before calling Marshal (proto.Size calls
 // Marshal instead, which costs nothing here). The encoding came from a complete message, so it is
@@ -157,8 +159,8 @@ var servedMethods = protoiface.Methods{
 	Marshal: func(in protoiface.MarshalInput) (protoiface.MarshalOutput, error) {
 		s := in.Message.(*servedReflect).s()
 		switch {
-		case s.patch != nil:
-			return protoiface.MarshalOutput{Buf: patchedAppend(slices.Grow(in.Buf, len(s.base)), s.base, s.patch)}, nil
+		case s.stamp != nil:
+			return protoiface.MarshalOutput{Buf: s.stamp.enc.appendTo(slices.Grow(in.Buf, len(s.base)), s.id, s.iface)}, nil
 		case len(in.Buf) == 0:
 			return protoiface.MarshalOutput{Buf: s.base[:len(s.base):len(s.base)]}, nil
 		}
@@ -270,20 +272,17 @@ type common struct {
 	refsOnce     sync.Once
 	listenerRefs []string
 
-	// templates are the listener encodings the others are kept relative to (patch.go).
-	templates templates
+	// stamps make the listeners of most networks (stamp.go).
+	stamps stamps
 }
 
-// encodeListener encodes a listener built from the common's translate.Shared, kept as its
-// differences from a template when that is smaller.
+// listenerType is the type of every listener.
+var listenerType = (*listenerv3.Listener)(nil).ProtoReflect().Type()
+
+// encodeListener encodes a listener built from the common's translate.Shared.
 func (cm *common) encodeListener(l *listenerv3.Listener) (*served, error) {
 	cm.refsOnce.Do(func() { cm.listenerRefs = referenced(l) })
-	s, err := encodeWithRefs(l, cm.listenerRefs)
-	if err != nil {
-		return nil, err
-	}
-	s.base, s.patch = cm.templates.compact(s.base)
-	return s, nil
+	return encodeWithRefs(l, cm.listenerRefs)
 }
 
 // newCommon encodes the clusters and routes once for every node.

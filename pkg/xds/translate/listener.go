@@ -100,14 +100,8 @@ func WithAttempt(l *listenerv3.Listener, attempt uint32) *listenerv3.Listener {
 // known, the IPv6 one, sorted by name. They depend on n and the settings only, never on the node
 // that serves n.
 func (sh *Shared) Listeners(n source.Network) ([]*listenerv3.Listener, error) {
-	if !contract.ValidID(n.ID) {
-		return nil, fmt.Errorf("invalid id %q", n.ID)
-	}
-	if n.NamespacePath == "" {
-		return nil, fmt.Errorf("no namespace path")
-	}
-	if n.Interface != "" && !source.ValidInterface(n.Interface) {
-		return nil, fmt.Errorf("invalid interface name %q", n.Interface)
+	if err := CheckNetwork(n); err != nil {
+		return nil, err
 	}
 	extProc, err := extProcFilter(n, sh.settings.ExtProc)
 	if err != nil {
@@ -134,6 +128,23 @@ func (sh *Shared) Listeners(n source.Network) ([]*listenerv3.Listener, error) {
 		out = append(out, l)
 	}
 	return out, nil
+}
+
+// CheckNetwork returns what makes n unfit for listeners, nil when nothing does: its id, namespace
+// path and interface name as Listeners requires them (an id of letters, digits, '-' and '_' of at
+// most contract.MaxIDLen bytes, any namespace path but an empty one, an interface name of
+// source.ValidInterface or none).
+func CheckNetwork(n source.Network) error {
+	if !contract.ValidID(n.ID) {
+		return fmt.Errorf("invalid id %q", n.ID)
+	}
+	if n.NamespacePath == "" {
+		return fmt.Errorf("no namespace path")
+	}
+	if n.Interface != "" && !source.ValidInterface(n.Interface) {
+		return fmt.Errorf("invalid interface name %q", n.Interface)
+	}
+	return nil
 }
 
 // listener binds name on the metadata address of version v inside n's namespace.
