@@ -40,6 +40,22 @@ func randomInterface(r *rand.Rand, n int) string {
 	return string(b)
 }
 
+// commonOf returns the common resources of sh.
+func commonOf(t *testing.T, sh *translate.Shared) *common {
+	t.Helper()
+	cm, err := newCommon(sh.Clusters(), sh.Routes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cm
+}
+
+// newTestCommon returns the default settings' translate.Shared and its common resources.
+func newTestCommon(t *testing.T) (*translate.Shared, *common) {
+	sh := newShared(t)
+	return sh, commonOf(t, sh)
+}
+
 // checkListeners fails t unless got are exactly the listeners translate builds of n: names,
 // encodings, what they marshal to as an Any and appended to a buffer, their decoding and their
 // delta versions.
@@ -90,10 +106,7 @@ func TestStampedEncodingIsTheEncoding(t *testing.T) {
 	stamped, stampable := 0, 0
 	for _, kind := range []resolve.Kind{resolve.KindNetwork, resolve.KindRouter} {
 		for _, dir := range []string{source.DefaultNetnsDir, "/run/netns"} {
-			cm, err := newCommon(sh.Clusters(), sh.Routes()) // fewer than maxShapes shapes each
-			if err != nil {
-				t.Fatal(err)
-			}
+			cm := commonOf(t, sh) // fewer than maxShapes shapes each
 			for _, gen := range []uint32{0, 1, 2} {
 				for _, idLen := range []int{36, 32, 1, 2, 64} {
 					for _, ifLen := range []int{0, 14, 1} {
@@ -135,11 +148,7 @@ func TestStampedEncodingIsTheEncoding(t *testing.T) {
 // TestStampsNeedTheNetworksOwnValues: a network of a stamped shape whose id or interface name
 // translate refuses gets translate's error, not listeners.
 func TestStampsNeedTheNetworksOwnValues(t *testing.T) {
-	sh := newShared(t)
-	cm, err := newCommon(sh.Clusters(), sh.Routes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh, cm := newTestCommon(t)
 	good := source.Network{Kind: resolve.KindNetwork, ID: "0b1f3c2e-5d4a-4e6f-8a9b-1c2d3e4f5a6b", Interface: "tap0b1f3c2e-5d"}
 	good.NamespacePath = source.NamespacePath(source.DefaultNetnsDir, good.Kind, good.ID)
 	if _, err := buildNetwork(sh, cm, good); err != nil {
@@ -189,11 +198,7 @@ func TestProveStampsRefusesWhatTheNetworkContradicts(t *testing.T) {
 
 // TestShapesAreBounded: past maxShapes shapes, networks are translated, and still right.
 func TestShapesAreBounded(t *testing.T) {
-	sh := newShared(t)
-	cm, err := newCommon(sh.Clusters(), sh.Routes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh, cm := newTestCommon(t)
 	r := rand.New(rand.NewPCG(5, 6))
 	for i := range maxShapes + 10 {
 		id := randomID(r, 36)
@@ -230,11 +235,7 @@ func TestShapeKeyCoversNetwork(t *testing.T) {
 // TestNetworksOutsideAShapeAreTranslated: a namespace path that does not hold the network's id is
 // no shape.
 func TestNetworksOutsideAShapeAreTranslated(t *testing.T) {
-	sh := newShared(t)
-	cm, err := newCommon(sh.Clusters(), sh.Routes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh, cm := newTestCommon(t)
 	n := source.Network{Kind: resolve.KindNetwork, ID: "0b1f3c2e-5d4a-4e6f-8a9b-1c2d3e4f5a6b", NamespacePath: "/run/netns/blue"}
 	got, err := buildNetwork(sh, cm, n)
 	if err != nil {
