@@ -6,11 +6,13 @@
 package source
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/metaproxy/metaproxy/pkg/resolve"
 )
@@ -86,21 +88,20 @@ func ValidInterface(name string) bool { return ifacePattern.MatchString(name) }
 func Normalize(nodes Nodes) Nodes {
 	out := make(Nodes, len(nodes))
 	for node, nets := range nodes {
-		sorted := append([]Network(nil), nets...)
-		sort.SliceStable(sorted, func(i, j int) bool {
-			if sorted[i].Kind != sorted[j].Kind {
-				return sorted[i].Kind < sorted[j].Kind
-			}
-			return sorted[i].ID < sorted[j].ID
-		})
-		uniq := make([]Network, 0, len(sorted))
-		for _, n := range sorted {
-			if last := len(uniq) - 1; last >= 0 && uniq[last].Kind == n.Kind && uniq[last].ID == n.ID {
-				continue
-			}
-			uniq = append(uniq, n)
+		sorted := slices.Clone(nets) // the source's own slice stays as it is
+		if sorted == nil {
+			sorted = []Network{}
 		}
-		out[node] = uniq
+		slices.SortStableFunc(sorted, compareKindID)
+		out[node] = slices.CompactFunc(sorted, func(a, b Network) bool { return compareKindID(a, b) == 0 })
 	}
 	return out
+}
+
+// compareKindID orders networks by kind, then id.
+func compareKindID(a, b Network) int {
+	if c := cmp.Compare(a.Kind, b.Kind); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
 }

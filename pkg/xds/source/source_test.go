@@ -356,3 +356,26 @@ func BenchmarkParseNetworks(b *testing.B) {
 		})
 	}
 }
+
+// TestNormalize: every node's networks sorted by kind then id, the first of two with the same kind
+// and id kept, the source's slices left as they were, and a node without networks kept.
+func TestNormalize(t *testing.T) {
+	r := func(id, ns string) Network { return Network{Kind: resolve.KindRouter, ID: id, NamespacePath: ns} }
+	n := func(id, ns string) Network { return Network{Kind: resolve.KindNetwork, ID: id, NamespacePath: ns} }
+	in := Nodes{
+		"a":     {r("b", "1"), n("c", "2"), n("a", "3"), n("c", "4"), r("a", "5"), n("a", "6")},
+		"empty": nil,
+	}
+	orig := append([]Network(nil), in["a"]...)
+	got := Normalize(in)
+	want := Nodes{"a": {n("a", "3"), n("c", "2"), r("a", "5"), r("b", "1")}, "empty": {}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Normalize (-want +got):\n%s", diff)
+	}
+	if got["empty"] == nil {
+		t.Error("a node without networks has none at all, want an empty list")
+	}
+	if diff := cmp.Diff(orig, in["a"]); diff != "" {
+		t.Errorf("Normalize changed its input (-before +after):\n%s", diff)
+	}
+}
