@@ -1,7 +1,6 @@
 package serve
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -115,7 +114,7 @@ func (s *Snapshots) listenersOf(sh *translate.Shared, cm *common, nets []source.
 	// Sources give the networks sorted (source.Normalize): what the node had is found by walking
 	// both lists, without looking it up in s.built (a node's change is mostly what it had).
 	for i, j := 0, 0; i < len(nets) && j < len(prev.nets); {
-		switch c := compareNetworks(nets[i], prev.nets[j]); {
+		switch c := source.CompareNetworks(nets[i], prev.nets[j]); {
 		case c < 0:
 			i++
 		case c > 0:
@@ -202,14 +201,6 @@ func sameNetworks(a, b []source.Network) bool {
 		return false
 	}
 	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
-}
-
-// compareNetworks orders networks as source.Normalize sorts them: by kind, then id.
-func compareNetworks(a, b source.Network) int {
-	if a.Kind != b.Kind {
-		return cmp.Compare(a.Kind, b.Kind)
-	}
-	return strings.Compare(a.ID, b.ID)
 }
 
 // buildNetworks translates and encodes the listeners of nets, on all CPUs when there are enough

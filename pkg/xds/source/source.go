@@ -92,14 +92,14 @@ func Normalize(nodes Nodes) Nodes {
 		if sorted == nil {
 			sorted = []Network{}
 		}
-		slices.SortStableFunc(sorted, compareKindID)
-		out[node] = slices.CompactFunc(sorted, func(a, b Network) bool { return compareKindID(a, b) == 0 })
+		slices.SortStableFunc(sorted, CompareNetworks)
+		out[node] = slices.CompactFunc(sorted, func(a, b Network) bool { return CompareNetworks(a, b) == 0 })
 	}
 	return out
 }
 
-// compareKindID orders networks by kind, then id.
-func compareKindID(a, b Network) int {
+// CompareNetworks orders networks as Normalize sorts them: by kind, then id.
+func CompareNetworks(a, b Network) int {
 	if c := cmp.Compare(a.Kind, b.Kind); c != 0 {
 		return c
 	}
