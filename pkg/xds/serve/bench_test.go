@@ -148,7 +148,7 @@ func BenchmarkXDSResponse(b *testing.B) {
 // "plain", the *listenerv3.Listener translate builds, which go-control-plane's cache.Snapshot
 // holds and marshals for every response, and "served", the encoding kept once (served). Per form:
 // the heap kept per listener (10k networks), and what the snapshot cache costs to answer one
-// state-of-the-world Envoy of a node with 100 networks, up to the bytes the xDS server's codec
+// state-of-the-world or delta Envoy of a node with 100 networks, up to the bytes the xDS server's codec
 // hands to gRPC (what a change costs per node, and what a response in flight holds).
 func BenchmarkListenerForm(b *testing.B) {
 	sh := newShared(b)
@@ -237,6 +237,23 @@ func BenchmarkListenerForm(b *testing.B) {
 					b.Fatal(err)
 				}
 				out, err := resp.GetDiscoveryResponse()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := newCodec().Marshal(out); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/delta-response", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				ch := make(chan cache.DeltaResponse, 1)
+				req := &discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}
+				if _, err := c.cache.CreateDeltaWatch(req, xdsstream.NewDeltaSubscription(nil, nil, nil, true), ch); err != nil {
+					b.Fatal(err)
+				}
+				out, err := (<-ch).GetDeltaDiscoveryResponse()
 				if err != nil {
 					b.Fatal(err)
 				}
