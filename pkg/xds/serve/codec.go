@@ -57,8 +57,12 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 }
 
-// resourcesField is DiscoveryResponse.resources (repeated google.protobuf.Any).
-const resourcesField protowire.Number = 2
+// Field numbers: DiscoveryResponse.resources (repeated google.protobuf.Any), and Any's own.
+const (
+	resourcesField protowire.Number = 2
+	anyTypeURL     protowire.Number = 1
+	anyValue       protowire.Number = 2
+)
 
 // resourcesReferenced encodes r as its fields but resources, marshaled by proto, followed by each
 // resource as a field 2 entry whose Any value is r's own bytes, not a copy: a message's fields may
@@ -102,13 +106,13 @@ func resourcesReferenced(r *discoveryv3.DiscoveryResponse) (mem.BufferSlice, boo
 		head = protowire.AppendTag(head, resourcesField, protowire.BytesType)
 		head = protowire.AppendVarint(head, uint64(anySize(a.GetTypeUrl(), len(value))))
 		if u := a.GetTypeUrl(); u != "" {
-			head = protowire.AppendTag(head, 1, protowire.BytesType)
+			head = protowire.AppendTag(head, anyTypeURL, protowire.BytesType)
 			head = protowire.AppendString(head, u)
 		}
 		if len(value) == 0 {
 			continue
 		}
-		head = protowire.AppendTag(head, 2, protowire.BytesType)
+		head = protowire.AppendTag(head, anyValue, protowire.BytesType)
 		head = protowire.AppendVarint(head, uint64(len(value)))
 		pieces = append(pieces, head[start:len(head):len(head)], value)
 		start = len(head)
@@ -127,10 +131,10 @@ func resourcesReferenced(r *discoveryv3.DiscoveryResponse) (mem.BufferSlice, boo
 func anySize(typeURL string, n int) int {
 	size := 0
 	if typeURL != "" {
-		size += protowire.SizeTag(1) + protowire.SizeBytes(len(typeURL))
+		size += protowire.SizeTag(anyTypeURL) + protowire.SizeBytes(len(typeURL))
 	}
 	if n > 0 {
-		size += protowire.SizeTag(2) + protowire.SizeBytes(n)
+		size += protowire.SizeTag(anyValue) + protowire.SizeBytes(n)
 	}
 	return size
 }
