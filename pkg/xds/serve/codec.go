@@ -75,11 +75,6 @@ func resourcesReferenced(r *discoveryv3.DiscoveryResponse) (mem.BufferSlice, boo
 	if len(res) == 0 {
 		return nil, false, nil
 	}
-	for _, a := range res {
-		if a == nil || len(a.ProtoReflect().GetUnknown()) != 0 {
-			return nil, false, nil
-		}
-	}
 	src := r.ProtoReflect()
 	rest := src.Type().New()
 	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
@@ -89,9 +84,14 @@ func resourcesReferenced(r *discoveryv3.DiscoveryResponse) (mem.BufferSlice, boo
 		return true
 	})
 	rest.SetUnknown(src.GetUnknown())
+	// What is written besides the values: the rest, and per resource its tag, length and type URL.
 	size := proto.Size(rest.Interface())
 	for _, a := range res {
-		size += resourceHeaderSize(a.GetTypeUrl(), len(a.GetValue()))
+		if a == nil || len(a.ProtoReflect().GetUnknown()) != 0 {
+			return nil, false, nil
+		}
+		n := proto.Size(a)
+		size += protowire.SizeTag(resourcesField) + protowire.SizeVarint(uint64(n)) + n - len(a.GetValue())
 	}
 	head, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 0, size), rest.Interface())
 	if err != nil {
@@ -104,7 +104,7 @@ func resourcesReferenced(r *discoveryv3.DiscoveryResponse) (mem.BufferSlice, boo
 	for _, a := range res {
 		value := a.GetValue()
 		head = protowire.AppendTag(head, resourcesField, protowire.BytesType)
-		head = protowire.AppendVarint(head, uint64(anySize(a.GetTypeUrl(), len(value))))
+		head = protowire.AppendVarint(head, uint64(proto.Size(a)))
 		if u := a.GetTypeUrl(); u != "" {
 			head = protowire.AppendTag(head, anyTypeURL, protowire.BytesType)
 			head = protowire.AppendString(head, u)
@@ -125,21 +125,4 @@ func resourcesReferenced(r *discoveryv3.DiscoveryResponse) (mem.BufferSlice, boo
 		out[i] = &pieces[i]
 	}
 	return out, true, nil
-}
-
-// anySize is the encoded size of an Any of typeURL and a value of n bytes.
-func anySize(typeURL string, n int) int {
-	size := 0
-	if typeURL != "" {
-		size += protowire.SizeTag(anyTypeURL) + protowire.SizeBytes(len(typeURL))
-	}
-	if n > 0 {
-		size += protowire.SizeTag(anyValue) + protowire.SizeBytes(n)
-	}
-	return size
-}
-
-// resourceHeaderSize is what resourcesReferenced writes of a resource besides its value.
-func resourceHeaderSize(typeURL string, n int) int {
-	return protowire.SizeTag(resourcesField) + protowire.SizeVarint(uint64(anySize(typeURL, n))) + anySize(typeURL, n) - n
 }
